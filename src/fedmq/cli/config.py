@@ -1,0 +1,116 @@
+"""One frozen run config, resolved from defaults, then a TOML file, then FEDMQ_* env, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedmq.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    clients: int = 10  # edge nodes (and data shards)
+    rounds: int = 20  # synchronous FedAvg rounds
+    local_epochs: int = 2  # passes over local data per round
+    batch_size: int = 16
+    lr: float = 0.1  # SGD learning rate on the edges
+    model: str = "mlp"  # mlp (64-128-10) or cnn
+    dataset: str = "digits"  # scikit-learn's bundled digits: real data, no download
+    partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | shards:PER_CLIENT
+    fraction: float = 1.0  # share of online edges sampled per round
+    min_fit: int = 1  # sample at least this many edges per round
+    quorum: float = 0.5  # share of sampled edges that must deliver for a round to count
+    seed: int = 0
+    codec: str = "fp32+zstd"  # uplink codec; `fedmq codecs` lists them
+    downlink_codec: str = "fp32+zstd"  # global-model codec (lossless keeps nodes in step)
+    max_payload: int = 128 * 1024  # bytes per MQTT message (managed brokers cap at 128-256 KiB)
+    broker: str = ""  # mqtt://host:port of an external broker; empty starts the embedded one
+    job: str = "digits"  # topic namespace fedmq/<job>/...
+    test_fraction: float = 0.2  # held-out share evaluated at the cloud
+    round_timeout: float = 120.0  # seconds the cloud waits for sampled updates
+    out: str = ""  # run directory; empty means runs/<time>-<job>
+    threads: int = 1  # torch threads per training call (many edges share the cores)
+
+    def __post_init__(self) -> None:
+        if self.clients < 1 or self.rounds < 1:
+            raise ConfigError("clients and rounds must be at least 1")
+        if self.max_payload < 2048:
+            raise ConfigError(f"max_payload must be at least 2048 bytes, got {self.max_payload}")
+        if self.threads < 1:
+            raise ConfigError("threads must be at least 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = type(FIELDS[name].default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            return str(value).lower() in {"1", "true", "yes", "on"}
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from exc
+
+
+def _checked(source: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(FIELDS)})")
+        out[name] = _coerce(name, value)
+    return out
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    # Accept a flat file or one with a [run] table.
+    table = data.get("run", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [run] must be a table")
+    return _checked(str(path), table)
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values = {
+        key[len("FEDMQ_") :].lower(): value
+        for key, value in env.items()
+        if key.startswith("FEDMQ_") and key[len("FEDMQ_") :].lower() in FIELDS
+    }
+    return _checked("environment", values)
+
+
+def resolve(
+    file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """Defaults < file < environment (FEDMQ_ROUNDS=5) < flags; flags that are None are unset."""
+    merged: dict[str, Any] = {}
+    if file:
+        merged.update(load_file(file))
+    merged.update(from_env(os.environ if env is None else env))
+    merged.update(_checked("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    return RunConfig(**merged)

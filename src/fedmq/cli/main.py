@@ -1,0 +1,272 @@
+"""`fedmq` entry point: argument parsing and wiring; the work happens in the runtimes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fedmq import __version__
+from fedmq.cli.config import FIELDS, RunConfig, resolve
+from fedmq.errors import FedmqError
+
+log = logging.getLogger("fedmq")
+
+HELP = {
+    "clients": "edge nodes, one data shard each (default 10)",
+    "rounds": "synchronous FedAvg rounds (default 20)",
+    "local_epochs": "passes over local data per round (default 2)",
+    "batch_size": "SGD batch size on the edges (default 16)",
+    "lr": "SGD learning rate on the edges (default 0.1)",
+    "model": "mlp (64-128-10, ReLU) or cnn (default mlp)",
+    "dataset": "digits: scikit-learn's bundled 8x8 digits, no download (default)",
+    "partition": "iid | dirichlet:ALPHA | shards:PER_CLIENT (default dirichlet:0.5)",
+    "fraction": "share of online edges sampled per round (default 1.0)",
+    "min_fit": "sample at least this many edges per round (default 1)",
+    "quorum": "share of sampled edges that must deliver for a round to count (default 0.5)",
+    "seed": "seed of data split, model init, sampling and training (default 0)",
+    "codec": "uplink codec, e.g. fp32, fp32+zstd, fp16+zstd, int8+zstd (default fp32+zstd)",
+    "downlink_codec": "global-model codec (default fp32+zstd)",
+    "max_payload": "largest MQTT message in bytes; models are chunked below it (default 131072)",
+    "broker": "mqtt://HOST:PORT of an external broker (default: start an embedded one)",
+    "job": "job name, the topic namespace fedmq/JOB/... (default digits)",
+    "test_fraction": "held-out share evaluated at the cloud (default 0.2)",
+    "round_timeout": "seconds the cloud waits for sampled updates (default 120)",
+    "out": "run directory (default runs/TIME-JOB)",
+    "threads": "torch threads per training call (default 1: edges share the cores)",
+}
+
+
+def _add_run_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
+    for name, f in FIELDS.items():
+        if name in skip:
+            continue
+        kind = type(f.default)
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind if kind in (int, float) else str,
+            default=None,
+            metavar=name.upper(),
+            help=HELP.get(name, ""),
+        )
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    flags = {name: getattr(args, name, None) for name in FIELDS}
+    return resolve(args.config, flags)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # amqtt and its state machine log every connection at INFO.
+    for noisy in ("amqtt", "transitions", "mqtt"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedmq.cli.launcher import run_federated
+    from fedmq.cli.output import Progress, summary_table
+
+    cfg = _run_config(args)
+    log.info("resolved config: %s", cfg.as_dict())
+    progress = Progress(cfg.rounds)
+    broker = cfg.broker or "an embedded broker"
+    progress.header(
+        f"fedmq run: {cfg.clients} edges, {cfg.rounds} rounds, {cfg.model} on {cfg.dataset} "
+        f"({cfg.partition}), codec {cfg.codec}, on {broker}"
+    )
+    summary, out = asyncio.run(run_federated(cfg, on_round=None if args.quiet else progress))
+    summary_table(summary, str(out))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from fedmq.broker import BrokerConfig, EmbeddedBroker
+
+    async def serve() -> None:
+        config = BrokerConfig(host=args.host, port=args.port, max_packet=args.max_packet)
+        async with EmbeddedBroker(config) as broker:
+            print(f"fedmq broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    from fedmq.cli.launcher import cloud_config
+    from fedmq.cli.output import human_bytes
+    from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
+    from fedmq.cloud_node import CloudNode, RoundRecord
+
+    cfg = _run_config(args)
+    if not cfg.broker:
+        raise FedmqError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
+    out = make_run_dir(cfg.out, cfg.job)
+    write_json(out / "config.json", {"run": cfg.as_dict(), "role": "cloud"})
+    node = CloudNode(
+        cloud_config(cfg, cfg.broker, min_clients=args.min_clients,
+                     start_timeout=args.start_timeout)
+    )  # fmt: skip
+    started = time.perf_counter()
+    print(f"fedmq cloud: job {cfg.job} on {cfg.broker}; waiting for "
+          f"{args.min_clients or cfg.clients} edges", flush=True)
+
+    def on_round(r: RoundRecord) -> None:
+        append_jsonl(out / "rounds.jsonl", {**vars(r), "elapsed": time.perf_counter() - started})
+        print(f"round {r.round}/{cfg.rounds}  acc {r.accuracy:.4f}  "
+              f"in {human_bytes(r.cloud_received)}  out {human_bytes(r.cloud_sent)}  "
+              f"{len(r.participants)}/{len(r.selected)} edges  {r.seconds:.1f}s", flush=True)
+
+    result = asyncio.run(node.run(on_round=on_round))
+    save_model(out / "model.pt", result.final_flat, result.layout, {"version": result.version})
+    summary = {
+        "final_accuracy": result.final_accuracy, "rounds": len(result.records),
+        "wall_seconds": time.perf_counter() - started, "cloud_bytes_sent": node.meter.sent,
+        "cloud_bytes_received": node.meter.received, "clients": cfg.clients, "codec": cfg.codec,
+        "broker": cfg.broker, "malformed_messages": result.malformed,
+    }  # fmt: skip
+    write_json(out / "summary.json", summary)
+    print(f"final accuracy {result.final_accuracy:.4f}; run directory {out}")
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedmq.edge_node import EdgeConfig, EdgeNode
+
+    torch.set_num_threads(args.threads)
+    node = EdgeNode(EdgeConfig(broker=args.broker, node_id=args.id, job=args.job,
+                               shard=args.shard, profile=args.profile))  # fmt: skip
+    print(f"fedmq edge {args.id}: job {args.job} on {args.broker}", flush=True)
+    report = asyncio.run(node.run())
+    print(f"edge {report.node_id}: trained {report.rounds_trained} rounds, sent "
+          f"{report.bytes_sent:,} B, received {report.bytes_received:,} B")  # fmt: skip
+    return 0
+
+
+def cmd_centralized(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from fedmq.workloads import TrainConfig, load_dataset, train_centralized
+
+    cfg = _run_config(args)
+    train, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
+    epochs = cfg.rounds * cfg.local_epochs  # the same sample-epochs as the federated run
+    tcfg = TrainConfig(local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr)
+    result, accuracy = train_centralized(cfg.model, train, test, tcfg, epochs=epochs, seed=cfg.seed)
+    print(f"centralized: {cfg.model} on pooled {cfg.dataset}, {epochs} epochs: "
+          f"accuracy {accuracy:.4f} ({result.seconds:.1f} s)")  # fmt: skip
+    if args.no_federated:
+        return 0
+    if args.federated:
+        fed = json.loads((Path(args.federated) / "summary.json").read_text())["final_accuracy"]
+        source = args.federated
+    else:
+        from fedmq.cli.launcher import run_federated
+
+        summary, out = asyncio.run(run_federated(cfg))
+        fed, source = summary["final_accuracy"], str(out)
+    print(f"federated:   {cfg.clients} edges, {cfg.rounds} rounds x {cfg.local_epochs} epochs "
+          f"({cfg.partition}): accuracy {fed:.4f}  [{source}]")  # fmt: skip
+    print(f"gap (centralized - federated): {accuracy - fed:+.4f}")
+    return 0
+
+
+def cmd_codecs(args: argparse.Namespace) -> int:
+    from fedmq.codec import codec_names
+
+    for spec, description in codec_names():
+        print(f"  {spec:<16} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedmq",
+        description="Federated learning over MQTT for IoT and edge devices.",
+        epilog="Start with `fedmq run`: an embedded broker, a cloud node and 10 edges on one "
+        "machine. Settings come from defaults < --config FILE < FEDMQ_* env < flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
+    parser.add_argument("--log-level", default="warning", help="debug|info|warning (default)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="broker + cloud + N edges in one process, real training")
+    _add_run_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("broker", help="run the embedded MQTT broker")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="port (default 1883; 0 = any free)")
+    p.add_argument("--max-packet", type=int, default=2 << 20,
+                   help="largest MQTT packet accepted, bytes (default 2097152)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("cloud", help="the cloud node against a running broker")
+    _add_run_flags(p)
+    p.add_argument("--min-clients", type=int, default=0,
+                   help="edges online before round 1 (default: --clients)")
+    p.add_argument("--start-timeout", type=float, default=300.0,
+                   help="seconds to wait for them (default 300)")
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("edge", help="one edge node against a running broker")
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    p.add_argument("--id", required=True, help="unique edge name, e.g. edge-3")
+    p.add_argument("--shard", type=int, default=None,
+                   help="data shard index (default: the number at the end of --id)")
+    p.add_argument("--job", default="digits", help="job name (default digits)")
+    p.add_argument("--profile", default="", help="device profile name to report")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("centralized", help="train on pooled data; compare with federated")
+    _add_run_flags(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--federated", metavar="RUN_DIR",
+                       help="compare with this run instead of running federated now")
+    group.add_argument("--no-federated", action="store_true", help="centralized only")
+    p.set_defaults(func=cmd_centralized)
+
+    p = sub.add_parser("codecs", help="list the update codecs")
+    p.set_defaults(func=cmd_codecs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging(args.log_level)
+    try:
+        code: Any = args.func(args)
+        return int(code)
+    except FedmqError as exc:
+        print(f"fedmq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedmq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Human output of the CLI: progress lines per round and the closing summary table."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from fedmq.cli.launcher import RoundProgress
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class Progress:
+    def __init__(self, rounds: int, stream: TextIO = sys.stdout) -> None:
+        self.rounds = rounds
+        self.stream = stream
+        self.width = len(str(rounds))
+
+    def header(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def __call__(self, p: RoundProgress) -> None:
+        r = p.record
+        flag = "" if r.quorum_met else "  (quorum not met: model kept)"
+        print(
+            f"round {r.round:>{self.width}}/{self.rounds}  acc {r.accuracy:.4f}  "
+            f"up {human_bytes(p.bytes_up):>10}  down {human_bytes(p.bytes_down):>10}  "
+            f"{len(r.participants)}/{len(r.selected)} edges  "
+            f"elapsed {p.elapsed:6.1f}s  eta {p.eta:6.1f}s{flag}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def summary_table(summary: dict[str, Any], out: str, stream: TextIO = sys.stdout) -> None:
+    rows = [
+        ("final accuracy", f"{summary['final_accuracy']:.4f}"),
+        ("rounds", str(summary["rounds"])),
+        ("clients", str(summary["clients"])),
+        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+        ("bytes up (edges)", f"{summary['bytes_up']:,} B ({human_bytes(summary['bytes_up'])})"),
+        ("bytes down (edges)",
+         f"{summary['bytes_down']:,} B ({human_bytes(summary['bytes_down'])})"),
+        ("codec", f"{summary['codec']} up, {summary['downlink_codec']} down"),
+        ("model", f"{summary['model']} ({summary['num_params']:,} parameters)"),
+        ("broker", summary["broker"]),
+        ("rejected messages", str(summary["malformed_messages"])),
+        ("compute path", summary.get("accel", "")),
+        ("run directory", out),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    print("", file=stream)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}", file=stream)
+    print("", file=stream, flush=True)

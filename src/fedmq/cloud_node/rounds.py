@@ -1,0 +1,120 @@
+"""Pure bookkeeping of one synchronous round at the cloud: which chunk counts, exactly once.
+
+The runtime hands every decoded update chunk to `RoundTracker.offer`; the tracker decides
+(stale, unexpected, duplicate, malformed, accepted), feeds accepted slices to the aggregator and
+knows when every selected client has delivered all its chunks. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from fedmq.cloud_node.strategy import Aggregator
+from fedmq.codec import Limits, TensorChunk, chunk_values
+from fedmq.errors import CodecError
+
+
+class Verdict(enum.Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # QoS 1 redelivery, or a replay of a chunk already counted
+    STALE = "stale"  # for another round or model version
+    UNEXPECTED = "unexpected"  # from a client not selected, or not matching its topic
+    MALFORMED = "malformed"  # a header that lies, or values that do not decode
+
+
+@dataclass
+class RoundCounters:
+    accepted: int = 0
+    duplicate: int = 0
+    stale: int = 0
+    unexpected: int = 0
+    malformed: int = 0
+
+    def count(self, verdict: Verdict) -> None:
+        setattr(self, verdict.value, getattr(self, verdict.value) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class _ClientProgress:
+    count: int
+    num_samples: int
+    chunks: set[int] = field(default_factory=set)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RoundTracker:
+    def __init__(
+        self,
+        *,
+        job: str,
+        round: int,
+        version: int,
+        total: int,
+        selected: tuple[str, ...],
+        aggregator: Aggregator,
+        limits: Limits,
+        max_samples: int = 10_000_000,
+    ) -> None:
+        self.job, self.round, self.version, self.total = job, round, version, total
+        self.selected = frozenset(selected)
+        self.aggregator = aggregator
+        self.limits = limits
+        self.max_samples = max_samples
+        self.counters = RoundCounters()
+        self._progress: dict[str, _ClientProgress] = {}
+
+    def offer(self, chunk: TensorChunk, topic_sender: str) -> Verdict:
+        verdict = self._judge(chunk, topic_sender)
+        self.counters.count(verdict)
+        return verdict
+
+    def _judge(self, chunk: TensorChunk, topic_sender: str) -> Verdict:
+        if chunk.job != self.job or chunk.role != "update":
+            return Verdict.UNEXPECTED
+        if chunk.round != self.round or chunk.version != self.version:
+            return Verdict.STALE
+        if chunk.sender != topic_sender or chunk.sender not in self.selected:
+            return Verdict.UNEXPECTED
+        if chunk.total != self.total or not 0 < chunk.num_samples <= self.max_samples:
+            return Verdict.MALFORMED
+        progress = self._progress.get(chunk.sender)
+        if progress is not None and (chunk.count, chunk.num_samples) != (
+            progress.count,
+            progress.num_samples,
+        ):
+            return Verdict.MALFORMED
+        if progress is not None and chunk.index in progress.chunks:
+            return Verdict.DUPLICATE
+        try:
+            values = chunk_values(chunk, self.limits)
+        except CodecError:
+            return Verdict.MALFORMED
+        if progress is None:
+            progress = self._progress[chunk.sender] = _ClientProgress(
+                chunk.count, chunk.num_samples
+            )
+        progress.chunks.add(chunk.index)
+        progress.metrics.update(chunk.metrics)
+        self.aggregator.add(chunk.sender, chunk.offset, values, float(chunk.num_samples))
+        return Verdict.ACCEPTED
+
+    @property
+    def completed(self) -> tuple[str, ...]:
+        return tuple(
+            sorted(c for c, p in self._progress.items() if len(p.chunks) == p.count)
+        )
+
+    @property
+    def done(self) -> bool:
+        return len(self.completed) == len(self.selected)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self._progress[c].num_samples for c in self.completed)
+
+    def client_metrics(self) -> dict[str, dict[str, float]]:
+        return {c: dict(p.metrics) for c, p in sorted(self._progress.items())}

@@ -1,0 +1,272 @@
+"""The edge node's async shell: presence, job and task tracking, model reassembly, training.
+
+Training runs in a worker thread (`asyncio.to_thread`) so the MQTT session keeps answering
+pings and acks while PyTorch works; message callbacks only decode and record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmq.codec import (
+    CodecSpec,
+    Control,
+    JobSpec,
+    Limits,
+    RoundTask,
+    Status,
+    TensorChunk,
+    assemble,
+    decode,
+    encode,
+    split_vector,
+)
+from fedmq.errors import CodecError, ConfigError, FedmqError, ProtocolError
+from fedmq.transport import ByteMeter, Reassembler, Session, SessionConfig, Topics
+from fedmq.workloads import (
+    Dataset,
+    PartitionSpec,
+    TrainConfig,
+    build_model,
+    derive_seed,
+    layout,
+    load_dataset,
+    partition,
+    train_local,
+)
+
+log = logging.getLogger(__name__)
+
+
+def shard_from_id(node_id: str) -> int | None:
+    """`edge-3` -> 3: the default data shard of an edge named with a trailing number."""
+    match = re.search(r"(\d+)$", node_id)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    broker: str  # mqtt://host:port
+    node_id: str  # unique per edge; becomes a topic level
+    job: str = "digits"
+    shard: int | None = None  # which partition shard is this edge's data; None: from node_id
+    profile: str = ""  # device profile name, reported in the birth message
+    username: str | None = None
+    password: str | None = None
+    model_timeout: float = 120.0  # seconds to collect all chunks of one global model
+    max_model_bytes: int = 512 << 20  # bytes of chunks held while reassembling
+    exit_on_stop: bool = True  # leave when the cloud says the job is done
+
+
+@dataclass(frozen=True)
+class EdgeReport:
+    node_id: str
+    rounds_trained: int
+    updates_sent: int
+    bytes_sent: int
+    bytes_received: int
+    malformed: int
+    dropped_late: int  # updates not sent because their round had already moved on
+
+
+class EdgeNode:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        data: Dataset | None = None,
+        limits: Limits | None = None,
+        meter: ByteMeter | None = None,
+    ) -> None:
+        self.config = config
+        self.limits = limits or Limits()
+        self.meter = meter or ByteMeter()
+        self.topics = Topics(config.job)
+        self.malformed = 0
+        self.rounds_trained = 0
+        self.updates_sent = 0
+        self.dropped_late = 0
+        self.first_update_version: int | None = None
+        self._injected = data
+        self._data: Dataset | None = None
+        self._job: JobSpec | None = None
+        self._task: RoundTask | None = None
+        self._model: tuple[int, np.ndarray] | None = None  # (version, flat)
+        self._reassembler = Reassembler(
+            max_bytes=config.max_model_bytes, timeout_s=config.model_timeout
+        )
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._last_round = 0
+        if config.shard is None and data is None and shard_from_id(config.node_id) is None:
+            raise ConfigError(
+                f"edge {config.node_id!r}: give --shard N, or a name ending in a number (edge-3)"
+            )
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            if topic == self.topics.jobspec:
+                self._on_job(decode(payload, self.limits, expect=JobSpec))
+            elif topic == self.topics.task:
+                self._on_task(decode(payload, self.limits, expect=RoundTask))
+            elif topic.startswith(self.topics.prefix + "/model/"):
+                self._on_model_chunk(decode(payload, self.limits, expect=TensorChunk))
+            elif topic == self.topics.control:
+                control = decode(payload, self.limits, expect=Control)
+                if control.command == "stop" and control.job == self.config.job:
+                    log.info("%s: cloud says stop (%s)", self.config.node_id, control.reason)
+                    self._stop.set()
+                    self._wake.set()
+        except (CodecError, ProtocolError) as exc:
+            self.malformed += 1
+            if self.malformed <= 20 or self.malformed % 1000 == 0:
+                log.warning("%s: rejected message on %s: %s", self.config.node_id, topic, exc)
+
+    def _on_job(self, job: JobSpec) -> None:
+        if job.job != self.config.job:
+            raise ProtocolError(f"job spec for {job.job!r} on the topic of {self.config.job!r}")
+        if job != self._job:
+            self._job, self._data, self._last_round = job, None, 0
+            self._wake.set()
+
+    def _on_task(self, task: RoundTask) -> None:
+        if task.job == self.config.job and (self._task is None or task != self._task):
+            self._task = task
+            self._wake.set()
+
+    def _on_model_chunk(self, chunk: TensorChunk) -> None:
+        if chunk.role != "model" or chunk.job != self.config.job:
+            raise ProtocolError(f"unexpected {chunk.role} chunk on the model topic")
+        if self._model is not None and chunk.version == self._model[0]:
+            return  # a retained copy of the version we hold
+        # Any other version is taken, lower ones too: a restarted cloud begins again at 0.
+        self._reassembler.discard_older(chunk.sender, "model", chunk.version)
+        chunks = self._reassembler.add(chunk, time.monotonic())
+        if chunks is not None:
+            self._model = (chunk.version, assemble(chunks, self.limits))
+            self._wake.set()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _setup_data(self, job: JobSpec) -> Dataset:
+        if self._injected is not None:
+            return self._injected
+        shard = self.config.shard
+        if shard is None:
+            shard = shard_from_id(self.config.node_id)
+        assert shard is not None
+        if not 0 <= shard < job.clients:
+            raise ConfigError(f"shard {shard} is outside the job's {job.clients} shards")
+        train, _ = load_dataset(job.dataset, seed=job.seed)
+        parts = partition(train.y, job.clients, PartitionSpec.parse(job.partition), seed=job.seed)
+        return train.subset(parts[shard])
+
+    def _check_layout(self, job: JobSpec, data: Dataset) -> None:
+        model = build_model(
+            job.model,
+            num_features=data.x.shape[1],
+            num_classes=data.num_classes,
+            feature_shape=data.feature_shape,
+            seed=0,
+        )
+        if layout(model) != job.layout:
+            raise ProtocolError(f"model {job.model!r} here does not match the job's layout")
+
+    def _status(self, online: bool) -> bytes:
+        samples = len(self._data) if self._data is not None else 0
+        return encode(
+            Status(job=self.config.job, sender=self.config.node_id, role="edge", online=online,
+                   num_samples=samples, profile=self.config.profile)
+        )  # fmt: skip
+
+    async def run(self) -> EdgeReport:
+        cfg = self.config
+        session_cfg = SessionConfig(
+            url=cfg.broker,
+            client_id=f"{cfg.job}-{cfg.node_id}",
+            subscriptions=(
+                self.topics.jobspec,
+                self.topics.task,
+                self.topics.model_all,
+                self.topics.control,
+            ),
+            will=(self.topics.status(cfg.node_id), self._status(False)),
+            birth=(self.topics.status(cfg.node_id), self._status(True)),
+            goodbye=(self.topics.status(cfg.node_id), self._status(False)),
+            username=cfg.username,
+            password=cfg.password,
+        )
+        async with Session(session_cfg, self._on_message, self.meter) as session:
+            while not (self._stop.is_set() and cfg.exit_on_stop):
+                await self._wake.wait()
+                self._wake.clear()
+                await self._step(session)
+        read = self.meter.read()
+        return EdgeReport(
+            cfg.node_id, self.rounds_trained, self.updates_sent, read.sent, read.received,
+            self.malformed, self.dropped_late,
+        )  # fmt: skip
+
+    async def _step(self, session: Session) -> None:
+        job, task = self._job, self._task
+        if job is None:
+            return
+        if self._data is None:
+            try:
+                data = await asyncio.to_thread(self._setup_data, job)
+                self._check_layout(job, data)
+            except FedmqError as exc:
+                log.error("%s: cannot join job %s: %s", self.config.node_id, job.job, exc)
+                self._job = None
+                return
+            self._data = data
+            session.set_birth(self._status(True))
+            await session.publish(self.topics.status(self.config.node_id), self._status(True),
+                                  retain=True)
+            log.info("%s: joined job %s with %d samples", self.config.node_id, job.job, len(data))
+        if task is None or self.config.node_id not in task.selected:
+            return
+        if task.round <= self._last_round or self._model is None or self._model[0] != task.version:
+            return
+        await self._train_and_send(session, job, task, self._model[1], self._data)
+
+    async def _train_and_send(
+        self, session: Session, job: JobSpec, task: RoundTask, base: np.ndarray, data: Dataset
+    ) -> None:
+        self._last_round = task.round
+        shard = self.config.shard if self.config.shard is not None else shard_from_id(
+            self.config.node_id
+        )
+        seed = derive_seed(job.seed, task.round, shard or 0)
+        cfg = TrainConfig(local_epochs=task.local_epochs, batch_size=task.batch_size, lr=task.lr)
+        result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
+        if self._task is not None and self._task.round != task.round:
+            self.dropped_late += 1
+            log.warning("%s: round %d closed while training; update dropped",
+                        self.config.node_id, task.round)
+            return
+        delta = result.flat - base
+        payloads = split_vector(
+            delta, CodecSpec.parse(task.codec), max_payload=job.max_payload, job=job.job,
+            sender=self.config.node_id, role="update", round=task.round, version=task.version,
+            num_samples=result.num_samples,
+            metrics={"loss": result.loss, "accuracy": result.accuracy, "seconds": result.seconds},
+        )  # fmt: skip
+        topic = self.topics.update(self.config.node_id)
+        await session.publish_all([(topic, p) for p in payloads])
+        self.rounds_trained += 1
+        self.updates_sent += 1
+        if self.first_update_version is None:
+            self.first_update_version = task.version
+        log.debug("%s: round %d update sent (%d chunks)", self.config.node_id, task.round,
+                  len(payloads))

@@ -1,0 +1,293 @@
+"""One async MQTT session type for both nodes, on aiomqtt 2.x (paho-mqtt underneath).
+
+A `Session` keeps itself connected: it reconnects with exponential backoff, re-subscribes and
+re-publishes its birth message after every reconnect, and lets `publish` wait out a reconnect.
+Its `ByteMeter` counts what crossed the socket, and a `PacketGuard` on the read side drops the
+connection on an oversized inbound packet before paho buffers the body (paho has no such limit
+for MQTT 3.1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from fedmq.transport.framing import PacketGuard
+from fedmq.errors import ConfigError, FedmqError, TransportError
+from fedmq.transport.meter import ByteMeter
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://host:port` or `mqtts://host:port` (also `tcp://`, `ssl://`); default ports 1883/8883."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    scheme = parts.scheme.lower()
+    if scheme not in {"mqtt", "tcp", "mqtts", "ssl"}:
+        raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+    tls = scheme in {"mqtts", "ssl"}
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"broker URL {url!r}: bad port") from exc
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r}: no host")
+    return BrokerAddress(parts.hostname, port, tls)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    url: str
+    client_id: str
+    subscriptions: tuple[str, ...] = ()
+    will: tuple[str, bytes] | None = None  # retained, QoS 1: sent by the broker if we vanish
+    birth: tuple[str, bytes] | None = None  # retained, QoS 1: published after every (re)connect
+    goodbye: tuple[str, bytes] | None = None  # retained, QoS 1: published on a clean exit
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None  # CA file for mqtts://; None uses the system store
+    keepalive: int = 20  # seconds; the broker declares us dead after 1.5x this
+    connect_timeout: float = 30.0  # how long __aenter__ waits for the first connection
+    backoff_min: float = 0.2  # first reconnect delay, doubled per failure ...
+    backoff_max: float = 10.0  # ... up to this, with +-25% jitter
+    publish_timeout: float = 60.0  # one publish, across reconnects
+    max_packet: int = 2 << 20  # inbound packet limit in bytes
+    max_inflight: int = 20  # concurrent unacknowledged QoS 1 publishes
+
+
+class Session:
+    """`async with Session(cfg, on_message) as s: await s.publish(topic, payload)`."""
+
+    def __init__(
+        self, config: SessionConfig, on_message: MessageHandler, meter: ByteMeter | None = None
+    ) -> None:
+        self.config = config
+        self.address = parse_broker_url(config.url)
+        self.meter = meter or ByteMeter()
+        self.reconnects = 0
+        self.handler_errors = 0
+        self._on_message = on_message
+        self._birth = config.birth
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._fatal: BaseException | None = None
+        self._window = asyncio.Semaphore(config.max_inflight)
+
+    def set_birth(self, payload: bytes) -> None:
+        """Change the birth payload re-published after every reconnect (same topic)."""
+        if self._birth is None:
+            raise ValueError("this session has no birth topic")
+        self._birth = (self._birth[0], payload)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def __aenter__(self) -> Session:
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.config.client_id}")
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                while not self._connected.is_set():
+                    if self._task.done():
+                        break
+                    await asyncio.wait(
+                        [self._task, asyncio.ensure_future(self._connected.wait())],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+        except TimeoutError:
+            await self._stop()
+            raise TransportError(
+                f"{self.config.client_id}: no connection to {self.config.url} after "
+                f"{self.config.connect_timeout:.0f} s"
+            ) from None
+        if not self._connected.is_set():
+            await self._stop()
+            raise TransportError(f"{self.config.client_id}: {self._fatal}") from self._fatal
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.config.goodbye is not None and self.connected:
+            topic, payload = self.config.goodbye
+            with contextlib.suppress(FedmqError, TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self.publish(topic, payload, retain=True)
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._connected.clear()
+
+    def _new_client(self) -> aiomqtt.Client:
+        cfg = self.config
+        will = None
+        if cfg.will is not None:
+            will = aiomqtt.Will(topic=cfg.will[0], payload=cfg.will[1], qos=1, retain=True)
+        tls_context = None
+        if self.address.tls:
+            tls_context = ssl.create_default_context(cafile=cfg.tls_ca)
+        client = aiomqtt.Client(
+            self.address.host,
+            self.address.port,
+            identifier=cfg.client_id,
+            username=cfg.username,
+            password=cfg.password,
+            will=will,
+            clean_session=True,
+            keepalive=cfg.keepalive,
+            timeout=cfg.publish_timeout,
+            max_inflight_messages=cfg.max_inflight,
+            tls_context=tls_context,
+        )
+        self._install_meter(client)
+        return client
+
+    def _install_meter(self, client: aiomqtt.Client) -> None:
+        # paho reads and writes the socket only through these two methods; shadowing them on the
+        # instance meters exactly what crossed the socket and guards inbound packet sizes.
+        paho: Any = client._client
+        send, recv = paho._sock_send, paho._sock_recv
+        guard, meter = PacketGuard(self.config.max_packet), self.meter
+
+        def metered_send(buf: bytes | bytearray) -> int:
+            n: int = send(buf)
+            meter.add_sent(n)
+            return n
+
+        def metered_recv(bufsize: int) -> bytes:
+            data: bytes = recv(bufsize)
+            meter.add_received(len(data))
+            try:
+                guard.feed(data)
+            except FedmqError as exc:
+                log.warning("%s: dropping connection: %s", self.config.client_id, exc)
+                raise ConnectionAbortedError(str(exc)) from exc
+            return data
+
+        paho._sock_send = metered_send
+        paho._sock_recv = metered_recv
+
+    async def _run(self) -> None:
+        delay = self.config.backoff_min
+        first = True
+        while True:
+            try:
+                client = self._new_client()
+                async with client:
+                    for topic in self.config.subscriptions:
+                        await client.subscribe(topic, qos=1)
+                    if self._birth is not None:
+                        await client.publish(*self._birth, qos=1, retain=True)
+                    if not first:
+                        self.reconnects += 1
+                        log.info("%s: reconnected to %s", self.config.client_id, self.config.url)
+                    first, delay = False, self.config.backoff_min
+                    self._client = client
+                    self._connected.set()
+                    async for message in client.messages:
+                        self._dispatch(str(message.topic), message.payload)
+            except aiomqtt.MqttCodeError as exc:
+                if _is_refusal(exc):
+                    # Bad credentials or not authorised: retrying cannot help.
+                    self._fatal = TransportError(f"broker refused the connection: {exc}")
+                    log.error("%s: %s", self.config.client_id, self._fatal)
+                    self._connected.clear()
+                    return
+                self._lost(exc)
+            except (aiomqtt.MqttError, OSError) as exc:
+                self._lost(exc)
+            self._client = None
+            self._connected.clear()
+            await asyncio.sleep(delay * random.uniform(0.75, 1.25))
+            delay = min(delay * 2, self.config.backoff_max)
+
+    def _lost(self, exc: BaseException) -> None:
+        self._fatal = exc
+        if self._connected.is_set():
+            log.warning("%s: connection lost (%s); reconnecting", self.config.client_id, exc)
+        else:
+            log.debug("%s: connect failed (%s)", self.config.client_id, exc)
+
+    def _dispatch(self, topic: str, payload: Any) -> None:
+        if not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        try:
+            self._on_message(topic, bytes(payload))
+        except Exception:  # a handler bug must not take the session down
+            self.handler_errors += 1
+            log.exception("%s: message handler failed on %s", self.config.client_id, topic)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish once the session is connected; on a lost connection, retry after reconnect."""
+        # 5 bytes of fixed header at most, 2 + topic, 2 for the packet id.
+        size = len(payload) + len(topic.encode()) + 9
+        if size > self.config.max_packet:
+            raise TransportError(
+                f"{self.config.client_id}: a {size} B packet to {topic} is over the "
+                f"{self.config.max_packet} B limit; lower --max-payload"
+            )
+        try:
+            async with asyncio.timeout(self.config.publish_timeout), self._window:
+                while True:
+                    await self._connected.wait()
+                    client = self._client
+                    if client is None:
+                        await asyncio.sleep(0.05)
+                        continue
+                    try:
+                        await client.publish(topic, payload, qos=qos, retain=retain)
+                        return
+                    except aiomqtt.MqttError as exc:
+                        # The run loop notices a dead connection and reconnects; we retry.
+                        log.debug(
+                            "%s: publish on %s failed (%s); retrying",
+                            self.config.client_id, topic, exc,
+                        )
+                        await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise TransportError(
+                f"{self.config.client_id}: publish to {topic} did not complete in "
+                f"{self.config.publish_timeout:.0f} s"
+            ) from None
+
+    async def publish_all(
+        self, topics_payloads: Sequence[tuple[str, bytes]], *, retain: bool = False
+    ) -> None:
+        """Publish many messages with up to `max_inflight` awaiting their PUBACK at once."""
+        async with asyncio.TaskGroup() as tg:
+            for topic, payload in topics_payloads:
+                tg.create_task(self.publish(topic, payload, retain=retain))
+
+
+def _is_refusal(exc: aiomqtt.MqttCodeError) -> bool:
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    # CONNACK 4 (bad user name or password) and 5 (not authorised), and their MQTT 5 forms.
+    return value in {4, 5, 134, 135}

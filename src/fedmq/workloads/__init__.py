@@ -1,0 +1,48 @@
+"""Workloads: datasets, partitioners, models, flat parameter vectors, local/centralized training.
+
+Pure PyTorch + numpy, seeded and reproducible; no MQTT, no sockets, no global torch state changes.
+"""
+
+from fedmq.workloads.accel import accel_report
+from fedmq.workloads.data import DATASET_NAMES, DATASETS, Dataset, load_dataset
+from fedmq.workloads.models import (
+    MODEL_NAMES,
+    build_model,
+    get_flat,
+    layout,
+    make_model,
+    num_params,
+    set_flat,
+)
+from fedmq.workloads.partition import PartitionSpec, partition
+from fedmq.workloads.train import (
+    TrainConfig,
+    TrainResult,
+    derive_seed,
+    evaluate,
+    train_centralized,
+    train_local,
+)
+
+__all__ = [
+    "DATASETS",
+    "DATASET_NAMES",
+    "MODEL_NAMES",
+    "Dataset",
+    "PartitionSpec",
+    "TrainConfig",
+    "TrainResult",
+    "accel_report",
+    "build_model",
+    "derive_seed",
+    "evaluate",
+    "get_flat",
+    "layout",
+    "load_dataset",
+    "make_model",
+    "num_params",
+    "partition",
+    "set_flat",
+    "train_centralized",
+    "train_local",
+]
