@@ -79,11 +79,34 @@ def simulate(
     return accs, secs, flat
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _cfg(args: argparse.Namespace, epochs: int, lr: float, batch: int) -> TrainConfig:
+    return TrainConfig(
+        local_epochs=epochs,
+        batch_size=batch,
+        lr=lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--momentum", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--rounds", default="10,20,30", help="checkpoint rounds")
+    ap.add_argument("--epochs", default="1,2,5")
+    ap.add_argument("--lrs", default="0.05,0.1,0.2")
+    ap.add_argument("--batches", default="16,32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", help="rounds,epochs,lr,batch: one setting instead of the sweep")
     ap.add_argument("--centralized", action="store_true", help="also the centralized baseline")
@@ -96,16 +119,19 @@ def main() -> None:
         grid = [(int(e), float(lr), int(b))]
         rounds = [int(r)]
     else:
-        grid = list(itertools.product([1, 2, 5], [0.05, 0.1, 0.2], [16, 32]))
-        rounds = [10, 20, 30]
+        grid = list(itertools.product(_ints(args.epochs), _floats(args.lrs), _ints(args.batches)))
+        rounds = _ints(args.rounds)
     # warm-up: the first torch call in a process pays a one-off cost
     simulate(args.model, TrainConfig(local_epochs=1), [1], seed=99)
 
-    print(f"model={args.model} momentum={args.momentum} threads={args.threads} seeds={seeds}")
+    print(
+        f"model={args.model} momentum={args.momentum} weight_decay={args.weight_decay}"
+        f" threads={args.threads} seeds={seeds}"
+    )
     print("rounds epochs   lr batch | acc per seed         |  min  | compute s | est wall s")
     rows = []
     for epochs, lr, batch in grid:
-        cfg = TrainConfig(local_epochs=epochs, batch_size=batch, lr=lr, momentum=args.momentum)
+        cfg = _cfg(args, epochs, lr, batch)
         per_seed = [simulate(args.model, cfg, rounds, s) for s in seeds]
         for rnd in rounds:
             accs = [p[0][rnd] for p in per_seed]
@@ -128,7 +154,7 @@ def main() -> None:
     if args.centralized:
         print("\ncentralized, same optimizer, rounds*epochs epochs:")
         for rnd, epochs, lr, batch, _, _ in rows:
-            cfg = TrainConfig(local_epochs=epochs, batch_size=batch, lr=lr, momentum=args.momentum)
+            cfg = _cfg(args, epochs, lr, batch)
             accs = []
             secs = []
             for s in seeds:
@@ -144,7 +170,7 @@ def main() -> None:
     if args.threaded:
         print("\n10 clients in a thread pool (as the edge runtime would):")
         for epochs, lr, batch in grid:
-            cfg = TrainConfig(local_epochs=epochs, batch_size=batch, lr=lr, momentum=args.momentum)
+            cfg = _cfg(args, epochs, lr, batch)
             for s in seeds:
                 serial = simulate(args.model, cfg, rounds, s)
                 with ThreadPoolExecutor(CLIENTS) as pool:

@@ -126,7 +126,7 @@ async def run_federated(
         "seed": cfg.seed,
         "malformed_messages": result.malformed,
         "stale_chunks": result.stale,
-        "accel": accel.get("path", ""),
+        "accel": accel.get("used", ""),
     }
     write_json(out / "summary.json", summary)
     return summary, out

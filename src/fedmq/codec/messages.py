@@ -115,7 +115,7 @@ class TensorChunk:
     encoding: str  # codec spec actually used for THIS chunk, e.g. "fp32+zstd"
     scale: float  # dequantisation scale (int8), 1.0 otherwise; finite, > 0
     num_samples: int  # an update's FedAvg weight; 0 for role "model"
-    metrics: Mapping[str, float]  # small (<= 16), usually only on index 0
+    metrics: Mapping[str, float] = field(hash=False)  # small (<= 16), usually only on index 0
     digest: bytes = field(repr=False)  # blake2b(data, digest_size=16)
     data: bytes = field(repr=False)  # encoded values
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv and installs fedmq into it. torch is pinned to 2.13.0 (the CPU build): an
+# unpinned torch pulls several GB of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv" >&2
+  "$python" -m venv .venv
+fi
+stamp=".venv/.fedmq-installed${extra:+-$extra}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing fedmq${extra:+[$extra]} into .venv (first time: a minute or two)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
+  touch "$stamp"
+fi

@@ -1,0 +1,404 @@
+"""Chunking: split_vector -> decode -> chunk_values / assemble, and every way a chunk can lie."""
+
+import dataclasses
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedmq.codec import (
+    ALIGN,
+    MIN_PAYLOAD,
+    CodecSpec,
+    Limits,
+    TensorChunk,
+    assemble,
+    chunk_values,
+    decode,
+    encode,
+    encode_values,
+    header_size_bound,
+    min_payload,
+    split_vector,
+)
+from fedmq.codec.chunking import digest
+from fedmq.errors import CodecError, DigestMismatch, LimitExceeded
+
+pytestmark = pytest.mark.unit
+
+ALL = ["fp32", "fp32+zstd", "fp16", "fp16+zstd", "bf16", "bf16+zstd", "int8", "int8+zstd"]
+U63 = 2**63 - 1
+IDS: dict[str, Any] = {"job": "mnist", "sender": "edge-7", "round": 4, "version": 3}
+
+
+def split(values: np.ndarray, text: str, max_payload: int, **kw: Any) -> list[TensorChunk]:
+    args = {**IDS, "role": "update", "num_samples": 11, **kw}
+    payloads = split_vector(values, CodecSpec.parse(text), max_payload=max_payload, **args)
+    assert all(len(p) <= max_payload for p in payloads)
+    limits = Limits(max_payload=max(max_payload, 1 << 20))
+    return [decode(p, limits, TensorChunk) for p in payloads]
+
+
+def expected(values: np.ndarray, chunk: TensorChunk) -> np.ndarray:
+    """What a lossy codec must give back for this chunk's slice."""
+    part = values[chunk.offset : chunk.offset + chunk.length]
+    dtype = CodecSpec.parse(chunk.encoding).dtype
+    if dtype == "fp16":
+        return part.astype(np.float16).astype(np.float32)
+    if dtype == "bf16":
+        bits = part.view(np.uint32).astype(np.int64)
+        low, rem = bits & ~0xFFFF, bits & 0xFFFF
+        up = (rem > 0x8000) | ((rem == 0x8000) & ((low >> 16) & 1 == 1))
+        return (low + up * 0x10000).astype(np.uint32).view(np.float32)
+    return part
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(0, 6000),
+    max_payload=st.integers(MIN_PAYLOAD, 40_000),
+    text=st.sampled_from(ALL),
+    seed=st.integers(0, 2**32 - 1),
+    compressible=st.booleans(),
+)
+def test_split_then_assemble_round_trips(
+    size: int, max_payload: int, text: str, seed: int, compressible: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0, 1e-3 if compressible else 1e3, size).astype(np.float32)
+    if compressible:
+        values[rng.random(size) < 0.5] = 0.0
+    chunks = split(values, text, max_payload, metrics={"loss": 0.25, "acc": 0.5})
+    count = len(chunks)
+    spec = CodecSpec.parse(text)
+    for i, chunk in enumerate(chunks):
+        assert (chunk.index, chunk.count, chunk.total) == (i, count, size)
+        assert chunk.offset % ALIGN == 0
+        assert i == count - 1 or (chunk.length % ALIGN == 0 and chunk.length > 0)
+        assert chunk.encoding in (str(spec), spec.dtype)
+        assert dict(chunk.metrics) == ({"loss": 0.25, "acc": 0.5} if i == 0 else {})
+        assert (chunk.job, chunk.sender, chunk.round, chunk.version) == ("mnist", "edge-7", 4, 3)
+        assert chunk.num_samples == 11
+    shuffled = list(chunks)
+    np.random.default_rng(seed).shuffle(shuffled)
+    out = assemble(shuffled)
+    assert out.dtype == np.float32 and out.shape == (size,)
+    for chunk in chunks:
+        got = out[chunk.offset : chunk.offset + chunk.length]
+        np.testing.assert_array_equal(got, chunk_values(chunk))
+        if spec.dtype == "int8":
+            want = values[chunk.offset : chunk.offset + chunk.length].astype(np.float64)
+            assert np.all(np.abs(got - want) <= chunk.scale * (0.5 + 2.0**-16))
+        else:
+            np.testing.assert_array_equal(got, expected(values, chunk))
+
+
+def worst_case_kw() -> dict[str, Any]:
+    """The largest header a chunk may have: longest names, 16 longest metrics, 64-bit ints."""
+    return {
+        "job": "j" * 128,
+        "sender": "é" * 64,  # 128 bytes of UTF-8
+        "role": "update",
+        "round": U63,
+        "version": U63,
+        "num_samples": U63,
+        "metrics": {f"{i:02d}" + "m" * 126: -1.0e300 for i in range(16)},
+    }
+
+
+def incompressible(dtype: str, size: int, seed: int) -> np.ndarray:
+    """Full-entropy values that `dtype` represents exactly (so every codec is lossless on them)."""
+    rng = np.random.default_rng(seed)
+    if dtype == "int8":
+        q = rng.integers(-127, 128, size).astype(np.float32)
+        q[::ALIGN] = 127.0  # every chunk starts at a multiple of ALIGN: its scale is exactly 1
+        return q
+    if dtype == "fp32":
+        out = rng.integers(0, 2**32, size, dtype=np.uint32).view(np.float32)
+    elif dtype == "fp16":
+        out = rng.integers(0, 2**16, size, dtype=np.uint16).view(np.float16).astype(np.float32)
+    else:
+        out = (rng.integers(0, 2**16, size, dtype=np.uint32) << 16).view(np.float32)
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
+@pytest.mark.parametrize("text", ALL)
+@pytest.mark.parametrize("extra", [0, 1, 63, 64, 1000, 100_000])
+def test_payloads_fit_even_with_worst_case_headers_and_incompressible_data(
+    text: str, extra: int
+) -> None:
+    spec = CodecSpec.parse(text)
+    max_payload = min_payload(spec) + extra
+    values = incompressible(spec.dtype, 5000, extra)
+    payloads = split_vector(values, spec, max_payload=max_payload, **worst_case_kw())
+    assert max(len(p) for p in payloads) <= max_payload
+    chunks = [decode(p, expect=TensorChunk) for p in payloads]
+    assert all(c.encoding in (text, spec.dtype) for c in chunks)
+    np.testing.assert_array_equal(assemble(chunks), values)
+
+
+def test_a_chunk_zstd_does_not_shrink_goes_raw_and_says_so() -> None:
+    values = incompressible("fp32", 3000, 0)
+    values[:1024] = 0.0  # the first chunk compresses, the others do not
+    chunks = split(values, "fp32+zstd", min_payload() + 1024 * 4)
+    assert [c.encoding for c in chunks] == ["fp32+zstd", "fp32", "fp32"]
+    assert len(chunks[1].data) == chunks[1].length * 4
+    np.testing.assert_array_equal(assemble(chunks), values)
+
+
+def test_header_bound_is_a_bound_and_tight() -> None:
+    bound = header_size_bound()
+    total = U63
+    chunk = TensorChunk(
+        **{**worst_case_kw(), "role": "update"},
+        index=U63 - 1,
+        count=U63,
+        total=total,
+        offset=total - 63,
+        length=63,
+        encoding="bf16+zstd",
+        scale=1e-300,
+        digest=digest(b""),
+        data=b"",
+    )
+    actual = len(encode(chunk))
+    assert actual <= bound
+    # the only slack: "bf16+zstd" takes 10 bytes of the 130 reserved for a codec string, the
+    # length 63 one byte of 9, the empty data's bin8 header 2 bytes of 5
+    assert bound - actual == 120 + 8 + 3
+    assert bound == 2851  # documented in docs/protocol.md
+    assert MIN_PAYLOAD == bound + ALIGN * 4 == 3107
+    assert header_size_bound(Limits(max_metrics=1)) < bound
+
+
+def test_max_payload_too_small_names_the_minimum() -> None:
+    values = np.zeros(10, np.float32)
+    with pytest.raises(CodecError, match=f"minimum is {MIN_PAYLOAD}"):
+        split_vector(values, CodecSpec("fp32"), max_payload=MIN_PAYLOAD - 1, role="model", **IDS)
+    int8 = CodecSpec("int8")
+    assert min_payload(int8) == header_size_bound() + ALIGN
+    assert len(split_vector(values, int8, max_payload=min_payload(int8), role="model", **IDS)) == 1
+
+
+def test_chunk_size_is_aligned_and_capped() -> None:
+    values = np.zeros(3 * 64 + 5, np.float32)
+    chunks = split(values, "fp32", MIN_PAYLOAD + 4 * 64)  # room for exactly 128 values
+    assert [c.length for c in chunks] == [128, 69]
+    big = np.zeros((1 << 20) + 1, np.float32)
+    chunks = split(big, "int8", 2 << 20)  # room for 2M values, capped at max_chunk_elems
+    assert [c.length for c in chunks] == [1 << 20, 1]
+
+
+def test_empty_vector_is_one_empty_chunk() -> None:
+    (chunk,) = split(np.zeros(0, np.float32), "fp32+zstd", MIN_PAYLOAD)
+    assert (chunk.count, chunk.total, chunk.length) == (1, 0, 0)
+    assert assemble([chunk]).shape == (0,)
+
+
+def test_split_vector_rejects_bad_input() -> None:
+    spec = CodecSpec("fp32")
+    kw: dict[str, Any] = {"max_payload": 1 << 20, "role": "update", **IDS}
+    with pytest.raises(CodecError, match="1-D float32"):
+        split_vector(np.zeros(4, np.float64), spec, **kw)  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match="NaN or Inf"):
+        split_vector(np.array([1.0, np.nan], np.float32), spec, **kw)
+    with pytest.raises(LimitExceeded, match="max_params"):
+        split_vector(np.broadcast_to(np.float32(0), (50_000_001,)), spec, **kw)
+    many = np.broadcast_to(np.float32(0), (65_537 * ALIGN,))
+    with pytest.raises(LimitExceeded, match="max_chunks"):
+        split_vector(many, spec, **{**kw, "max_payload": MIN_PAYLOAD})
+    with pytest.raises(CodecError, match="TensorChunk.sender"):
+        split_vector(np.zeros(4, np.float32), spec, **{**kw, "sender": "a/b"})
+    with pytest.raises(CodecError, match="num_samples must be 0"):
+        split_vector(np.zeros(4, np.float32), spec, **{**kw, "role": "model", "num_samples": 3})
+
+
+# ---- hostile chunks ---------------------------------------------------------------------------
+
+
+def make_chunk(values: np.ndarray, text: str = "fp32", **changes: Any) -> TensorChunk:
+    data, scale = encode_values(values, CodecSpec.parse(text))
+    fields: dict[str, Any] = {
+        **IDS,
+        "role": "update",
+        "index": 0,
+        "count": 1,
+        "total": values.size,
+        "offset": 0,
+        "length": values.size,
+        "encoding": text,
+        "scale": scale,
+        "num_samples": 1,
+        "metrics": {},
+        "digest": digest(data),
+        "data": data,
+    }
+    fields.update(changes)
+    return TensorChunk(**fields)
+
+
+VALUES = np.arange(256, dtype=np.float32) / 7
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.sampled_from(ALL), bit=st.integers(0, 10_000))
+def test_a_flipped_bit_in_data_is_a_digest_mismatch(text: str, bit: int) -> None:
+    chunk = make_chunk(VALUES, text)
+    flipped = bytearray(chunk.data)
+    bit %= len(flipped) * 8
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    payload = encode(chunk)
+    start = payload.index(chunk.data)
+    wire = payload[:start] + bytes(flipped) + payload[start + len(flipped) :]
+    with pytest.raises(DigestMismatch):
+        chunk_values(decode(wire, expect=TensorChunk))
+    bad_digest = bytes([chunk.digest[0] ^ 1]) + chunk.digest[1:]
+    with pytest.raises(DigestMismatch):
+        chunk_values(dataclasses.replace(chunk, digest=bad_digest))
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"length": 255, "total": 255}, CodecError),  # data holds 256 values
+        ({"length": 257, "total": 257}, CodecError),
+        ({"encoding": "fp16"}, CodecError),  # 512 bytes of fp16 would be 256... no: 1024 bytes
+        ({"encoding": "fp32+zstd"}, CodecError),  # raw bytes are not a zstd frame
+        ({"scale": 2.0}, CodecError),  # fp32 carries no scale
+        ({"length": (1 << 20) + 1, "total": (1 << 20) + 1}, LimitExceeded),
+        ({"length": U63, "total": U63}, LimitExceeded),
+        ({"count": 65_537, "index": 65_536}, LimitExceeded),
+    ],
+)
+def test_lying_headers_are_rejected(changes: dict[str, Any], error: type[Exception]) -> None:
+    chunk = make_chunk(VALUES, **changes)
+    with pytest.raises(error):
+        chunk_values(chunk)
+    with pytest.raises(error):
+        chunk_values(decode(encode(chunk), expect=TensorChunk))
+
+
+def test_total_over_max_params_is_rejected_before_anything_else() -> None:
+    last = make_chunk(VALUES, total=60_000_000 * 64, offset=60_000_000 * 64 - 256, index=1, count=2)
+    with pytest.raises(LimitExceeded, match="total"):
+        decode(encode(last))
+    with pytest.raises(LimitExceeded, match="total"):
+        assemble([make_chunk(VALUES, total=256 + 64, count=2, length=256), last])
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"offset": 32}, "multiple of 64"),
+        ({"index": 1}, "index must be < count"),
+        ({"total": 200}, "ends past total"),
+        ({"total": 300}, "last chunk must end at total"),
+        ({"count": 2, "length": 100, "total": 300}, "positive multiple of 64"),
+        ({"count": 2, "length": 0, "total": 300}, "positive multiple of 64"),
+        ({"count": 0}, "count"),
+        ({"digest": b"\x00" * 15}, "16 bytes"),
+        ({"role": "model", "num_samples": 1}, "num_samples must be 0"),
+        ({"role": "delta"}, "role"),
+        ({"scale": 0.0}, "scale must be > 0"),
+        ({"scale": float("nan")}, "scale must be finite"),
+        ({"metrics": {"loss": float("nan")}}, "finite"),
+        ({"metrics": {f"m{i}": 1.0 for i in range(17)}}, "17 entries"),
+        ({"metrics": [("loss", 1.0)]}, "must be a map"),
+        ({"data": "text"}, "data must be bytes"),
+    ],
+)
+def test_impossible_geometry_and_fields_are_rejected(changes: dict[str, Any], needle: str) -> None:
+    with pytest.raises(CodecError, match=needle):
+        make_chunk(VALUES, **changes)
+
+
+def test_geometry_lies_on_the_wire_are_rejected_at_decode() -> None:
+    import msgpack
+
+    body = msgpack.unpackb(encode(make_chunk(VALUES)), raw=False)
+    for field, value in [("offset", 1), ("total", 100), ("index", 5), ("length", -1)]:
+        with pytest.raises(CodecError):
+            decode(msgpack.packb({**body, field: value}, use_bin_type=True))
+
+
+def test_nan_and_inf_are_rejected_unless_allowed() -> None:
+    values = VALUES.copy()
+    values[3] = np.nan
+    raw = values.tobytes()
+    chunk = make_chunk(VALUES, data=raw, digest=digest(raw))
+    with pytest.raises(CodecError, match="NaN or Inf"):
+        chunk_values(chunk)
+    assert np.isnan(chunk_values(chunk, require_finite=False)[3])
+    with pytest.raises(CodecError, match="NaN or Inf"):
+        assemble([chunk])
+    huge = make_chunk(VALUES, "int8", scale=1e300)  # dequantises to inf
+    with pytest.raises(CodecError, match="NaN or Inf"):
+        chunk_values(huge)
+
+
+def test_zstd_bomb_in_a_chunk_is_rejected_without_allocating() -> None:
+    cobj = zstandard.ZstdCompressor(level=3).compressobj()
+    zeros = bytes(1 << 20)
+    bomb = b"".join(cobj.compress(zeros) for _ in range(1024)) + cobj.flush()  # 1 GiB of zeros
+    chunk = make_chunk(VALUES[:64], encoding="fp32+zstd", data=bomb, digest=digest(bomb))
+    payload = encode(chunk)
+    assert len(payload) < 64 * 1024
+    tracemalloc.start()
+    try:
+        received = decode(payload, expect=TensorChunk)
+        with pytest.raises(CodecError, match="zstd"):
+            chunk_values(received)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def two_chunks(**changes: Any) -> list[TensorChunk]:
+    a = make_chunk(VALUES[:128], total=256, count=2, length=128)
+    b = make_chunk(VALUES[128:], total=256, count=2, index=1, offset=128)
+    return [a, dataclasses.replace(b, **changes)]
+
+
+def test_assemble_checks_the_tiling() -> None:
+    np.testing.assert_array_equal(assemble(two_chunks()), VALUES)
+    a, b = two_chunks()
+    with pytest.raises(CodecError, match="at least one"):
+        assemble([])
+    with pytest.raises(CodecError, match="1 chunks given"):
+        assemble([a])
+    with pytest.raises(CodecError, match="missing or repeated"):
+        assemble([a, a])
+    with pytest.raises(CodecError, match="3 chunks given"):
+        assemble([a, b, b])
+    overlap = make_chunk(np.zeros(192, np.float32), total=256, count=2, index=1, offset=64)
+    with pytest.raises(CodecError, match="starts at 64, expected 128"):
+        assemble([a, overlap])
+    short = make_chunk(VALUES[:64], total=256, count=2, length=64)
+    with pytest.raises(CodecError, match="starts at 128, expected 64"):
+        assemble([short, b])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sender": "edge-8"}, {"version": 9}, {"round": 5}, {"job": "other"}, {"role": "model"}],
+)
+def test_assemble_refuses_to_mix_vectors(changes: dict[str, Any]) -> None:
+    if changes.get("role") == "model":
+        changes = {**changes, "num_samples": 0}
+    with pytest.raises(CodecError, match="disagree"):
+        assemble(two_chunks(**changes))
+
+
+def test_assemble_applies_limits() -> None:
+    with pytest.raises(LimitExceeded):
+        assemble(two_chunks(), Limits(max_params=255))
+    with pytest.raises(LimitExceeded):
+        assemble(two_chunks(), Limits(max_chunk_elems=127))
+    with pytest.raises(LimitExceeded):
+        assemble(two_chunks(), Limits(max_chunks=1))
