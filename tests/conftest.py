@@ -125,7 +125,9 @@ def broker_url(broker_kind: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(fixture))
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

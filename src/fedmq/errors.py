@@ -1,15 +1,15 @@
 """The one exception tree of fedmq. Every layer raises these, translated once at its boundary.
 
-    FedmqError
-    ├── CodecError (ValueError)        bytes that cannot be decoded into a valid message
-    │   ├── LimitExceeded              a declared size, count or length over a configured limit
-    │   ├── DigestMismatch             the body does not match the digest in its header
-    │   └── SchemaVersionError         an envelope from an unknown schema version
-    ├── ProtocolError                  a well-formed message that breaks the round protocol
-    │   └── StaleMessage               a message for a round/version that is already closed
-    ├── TransportError                 the MQTT session failed (connect, publish, subscribe)
-    ├── BrokerError                    the embedded broker could not start or stop
-    └── ConfigError (ValueError)       bad configuration from a file, the environment or flags
+FedmqError
+├── CodecError (ValueError)        bytes that cannot be decoded into a valid message
+│   ├── LimitExceeded              a declared size, count or length over a configured limit
+│   ├── DigestMismatch             the body does not match the digest in its header
+│   └── SchemaVersionError         an envelope from an unknown schema version
+├── ProtocolError                  a well-formed message that breaks the round protocol
+│   └── StaleMessage               a message for a round/version that is already closed
+├── TransportError                 the MQTT session failed (connect, publish, subscribe)
+├── BrokerError                    the embedded broker could not start or stop
+└── ConfigError (ValueError)       bad configuration from a file, the environment or flags
 """
 
 from __future__ import annotations

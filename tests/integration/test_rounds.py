@@ -3,7 +3,6 @@
 import asyncio
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -118,4 +117,4 @@ async def test_garbage_on_the_update_topics_does_not_change_the_round(
     assert all(r["participants"] == ["edge-0", "edge-1", "edge-2"] for r in rounds)
     assert summary["final_accuracy"] == clean_summary["final_accuracy"]
     np.testing.assert_array_equal(final_model(out), final_model(clean_out))
-    assert os.path.exists(out / "summary.json")
+    assert (out / "summary.json").stat().st_size > 0

@@ -1,6 +1,8 @@
 """Wire messages: round trips, self-validation, and decode of hostile payloads."""
 
+import contextlib
 import math
+import re
 from typing import Any
 
 import msgpack
@@ -28,8 +30,8 @@ from fedmq.errors import CodecError, ConfigError, LimitExceeded, SchemaVersionEr
 pytestmark = pytest.mark.unit
 
 U63 = 2**63 - 1
-_chars = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
-_topic_chars = st.characters(exclude_categories=("Cs",), exclude_characters="\x00/+#")
+_chars = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+_topic_chars = st.characters(exclude_categories=["Cs"], exclude_characters="\x00/+#")
 topics = st.text(_topic_chars, min_size=1, max_size=32)  # <= 128 bytes of UTF-8
 names = st.text(_chars, min_size=1, max_size=32)
 free_text = st.text(_chars, max_size=32)
@@ -251,6 +253,10 @@ def test_round_task_validates_itself(changes: dict[str, object], needle: str) ->
         ({"layout": (("", (2,)),)}, "empty"),
         ({"layout": {"w": (2,)}}, "must be an array"),
         ({"clients": 0}, "clients"),
+        (
+            {"max_payload": MIN_PAYLOAD - 1},
+            f"max_payload {MIN_PAYLOAD - 1} < minimum {MIN_PAYLOAD}",
+        ),
         ({"model": ""}, "JobSpec.model"),
         ({"codec": "zstd"}, "no value stage"),
     ],
@@ -265,7 +271,7 @@ def test_summary_and_control_validate_themselves() -> None:
         RoundSummary("j", 1, 1, 0.5, math.inf, (), 0, 1.0)
     with pytest.raises(CodecError, match="duration_s"):
         RoundSummary("j", 1, 1, 0.5, 0.1, (), 0, -1.0)
-    with pytest.raises(CodecError, match="Control.command"):
+    with pytest.raises(CodecError, match=re.escape("Control.command")):
         Control("j", "restart")
 
 
@@ -307,7 +313,9 @@ def test_envelope_errors() -> None:
     with pytest.raises(CodecError, match="unknown fields"):
         decode(_pack({**body, "extra": 1}))
     with pytest.raises(CodecError, match="unknown fields"):
-        decode(_pack({**body, b"job": "x"}))
+        bin_key: dict[object, object] = {b"sender": "x"}
+        bin_key.update(body)  # the str key "sender" too: b"sender" is an extra, unknown key
+        decode(_pack(bin_key))
     with pytest.raises(CodecError, match="must be bytes"):
         decode("text")  # type: ignore[call-overload]
     assert decode(bytearray(encode(STATUS)), expect=Status) == STATUS
@@ -336,9 +344,7 @@ def test_configured_limits_are_applied() -> None:
         decode(encode(JOB), Limits(max_dims=1))
     with pytest.raises(LimitExceeded, match="max_params"):
         decode(encode(JOB), Limits(max_params=7849))
-    with pytest.raises(LimitExceeded, match="JobSpec.max_payload"):
-        decode(encode(JobSpec(**_kw(JOB, max_payload=MIN_PAYLOAD - 1))))
-    with pytest.raises(LimitExceeded, match="JobSpec.max_payload"):
+    with pytest.raises(LimitExceeded, match=re.escape("JobSpec.max_payload")):
         decode(encode(JOB), Limits(max_payload=65535))
     summary = RoundSummary("j", 1, 2, 0.9, 0.1, ("a", "b"), 10, 1.5)
     with pytest.raises(LimitExceeded, match="max_selected"):
@@ -355,7 +361,21 @@ def test_limits_themselves_are_validated() -> None:
         Limits(max_name_len=8)
 
 
-JUNK = [None, True, -1, 2**64 - 1, 1.5, math.nan, "", "x/y", b"\x00", [], [1, "a"], {}, {"a": []}]
+JUNK: list[object] = [
+    None,
+    True,
+    -1,
+    2**64 - 1,
+    1.5,
+    math.nan,
+    "",
+    "x/y",
+    b"\x00",
+    [],
+    [1, "a"],
+    {},
+    {"a": []},
+]
 
 
 @pytest.mark.parametrize("msg", [STATUS, TASK, JOB], ids=lambda m: type(m).__name__)
@@ -380,7 +400,9 @@ wire_values = st.recursive(
     | st.floats()
     | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -391,19 +413,15 @@ def test_fuzzed_fields_raise_only_codec_errors(msg: Message, data: st.DataObject
     body = _wire(msg)
     field = data.draw(st.sampled_from(sorted(body)))
     body[field] = data.draw(wire_values)
-    try:
+    with contextlib.suppress(CodecError):
         decode(_pack(body))
-    except CodecError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_raise_only_codec_errors(payload: bytes) -> None:
-    try:
+    with contextlib.suppress(CodecError):
         decode(payload)
-    except CodecError:
-        pass
 
 
 @pytest.mark.parametrize("msg", [STATUS, TASK, JOB], ids=lambda m: type(m).__name__)

@@ -25,7 +25,11 @@ def test_flat_file_and_dashed_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("roundz = 3", "unknown setting"), ("rounds = 'many'", "expected int"), ("rounds = [", "bad.toml")],
+    [
+        ("roundz = 3", "unknown setting"),
+        ("rounds = 'many'", "expected int"),
+        ("rounds = [", "bad.toml"),
+    ],
 )
 def test_bad_files_are_config_errors(tmp_path: Path, text: str, match: str) -> None:
     f = tmp_path / "bad.toml"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from fedmq.transport.framing import PacketGuard
 from fedmq.errors import BrokerError, FedmqError
+from fedmq.transport.framing import PacketGuard
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,13 @@ class BrokerConfig:
 class _GuardedReader:
     """amqtt ReaderAdapter over an asyncio StreamReader that runs every byte through the guard."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, guard: PacketGuard,
-                 on_reject: Any) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        guard: PacketGuard,
+        on_reject: Any,
+    ) -> None:
         self._reader, self._writer, self._guard, self._on_reject = reader, writer, guard, on_reject
 
     async def read(self, n: int = -1) -> bytes:
@@ -107,7 +112,9 @@ class EmbeddedBroker:
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
                 " (is another broker running there? pick another --port)"
             ) from exc
-        log.info("embedded broker listening on %s (max packet %d B)", self.url, self.config.max_packet)
+        log.info(
+            "embedded broker listening on %s (max packet %d B)", self.url, self.config.max_packet
+        )
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from amqtt.adapters import StreamWriterAdapter

@@ -53,7 +53,7 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    kind = type(FIELDS[name].default)
+    kind: type[Any] = type(FIELDS[name].default)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     try:

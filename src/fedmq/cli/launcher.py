@@ -104,8 +104,12 @@ async def run_federated(
                 task.cancel()
 
     wall = time.perf_counter() - started
-    save_model(out / "model.pt", result.final_flat, result.layout,
-               {"version": result.version, "accuracy": result.final_accuracy})
+    save_model(
+        out / "model.pt",
+        result.final_flat,
+        result.layout,
+        {"version": result.version, "accuracy": result.final_accuracy},
+    )
     summary = {
         "final_accuracy": result.final_accuracy,
         "best_accuracy": max(r.accuracy for r in result.records),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -99,10 +100,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
             print(f"fedmq broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
             await asyncio.Event().wait()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -122,14 +121,20 @@ def cmd_cloud(args: argparse.Namespace) -> int:
                      start_timeout=args.start_timeout)
     )  # fmt: skip
     started = time.perf_counter()
-    print(f"fedmq cloud: job {cfg.job} on {cfg.broker}; waiting for "
-          f"{args.min_clients or cfg.clients} edges", flush=True)
+    print(
+        f"fedmq cloud: job {cfg.job} on {cfg.broker}; waiting for "
+        f"{args.min_clients or cfg.clients} edges",
+        flush=True,
+    )
 
     def on_round(r: RoundRecord) -> None:
         append_jsonl(out / "rounds.jsonl", {**vars(r), "elapsed": time.perf_counter() - started})
-        print(f"round {r.round}/{cfg.rounds}  acc {r.accuracy:.4f}  "
-              f"in {human_bytes(r.cloud_received)}  out {human_bytes(r.cloud_sent)}  "
-              f"{len(r.participants)}/{len(r.selected)} edges  {r.seconds:.1f}s", flush=True)
+        print(
+            f"round {r.round}/{cfg.rounds}  acc {r.accuracy:.4f}  "
+            f"in {human_bytes(r.cloud_received)}  out {human_bytes(r.cloud_sent)}  "
+            f"{len(r.participants)}/{len(r.selected)} edges  {r.seconds:.1f}s",
+            flush=True,
+        )
 
     result = asyncio.run(node.run(on_round=on_round))
     save_model(out / "model.pt", result.final_flat, result.layout, {"version": result.version})
@@ -215,23 +220,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded MQTT broker")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=1883, help="port (default 1883; 0 = any free)")
-    p.add_argument("--max-packet", type=int, default=2 << 20,
-                   help="largest MQTT packet accepted, bytes (default 2097152)")
+    p.add_argument(
+        "--max-packet",
+        type=int,
+        default=2 << 20,
+        help="largest MQTT packet accepted, bytes (default 2097152)",
+    )
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("cloud", help="the cloud node against a running broker")
     _add_run_flags(p)
-    p.add_argument("--min-clients", type=int, default=0,
-                   help="edges online before round 1 (default: --clients)")
-    p.add_argument("--start-timeout", type=float, default=300.0,
-                   help="seconds to wait for them (default 300)")
+    p.add_argument(
+        "--min-clients",
+        type=int,
+        default=0,
+        help="edges online before round 1 (default: --clients)",
+    )
+    p.add_argument(
+        "--start-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)"
+    )
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="one edge node against a running broker")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     p.add_argument("--id", required=True, help="unique edge name, e.g. edge-3")
-    p.add_argument("--shard", type=int, default=None,
-                   help="data shard index (default: the number at the end of --id)")
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        help="data shard index (default: the number at the end of --id)",
+    )
     p.add_argument("--job", default="digits", help="job name (default digits)")
     p.add_argument("--profile", default="", help="device profile name to report")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -240,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("centralized", help="train on pooled data; compare with federated")
     _add_run_flags(p)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--federated", metavar="RUN_DIR",
-                       help="compare with this run instead of running federated now")
+    group.add_argument(
+        "--federated",
+        metavar="RUN_DIR",
+        help="compare with this run instead of running federated now",
+    )
     group.add_argument("--no-federated", action="store_true", help="centralized only")
     p.set_defaults(func=cmd_centralized)
 

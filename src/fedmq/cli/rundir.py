@@ -40,7 +40,10 @@ def append_jsonl(path: Path, row: Any) -> None:
 
 
 def save_model(
-    path: Path, flat: np.ndarray, layout: tuple[tuple[str, tuple[int, ...]], ...], meta: dict[str, Any]
+    path: Path,
+    flat: np.ndarray,
+    layout: tuple[tuple[str, tuple[int, ...]], ...],
+    meta: dict[str, Any],
 ) -> None:
     """A plain state dict (torch.load(..., weights_only=True) reads it) plus its layout and meta."""
     import torch

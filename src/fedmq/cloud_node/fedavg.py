@@ -21,7 +21,9 @@ class FedAvgAggregator:
     def __init__(self, global_flat: np.ndarray) -> None:
         self._global = np.asarray(global_flat, dtype=np.float32)
         n = self._global.size
-        self._sum = np.zeros(n, dtype=np.float64)  # float64: the sum barely depends on arrival order
+        self._sum = np.zeros(
+            n, dtype=np.float64
+        )  # float64: the sum barely depends on arrival order
         self._weight = np.zeros(math.ceil(n / ALIGN), dtype=np.float64)
 
     def add(self, client: str, offset: int, values: np.ndarray, weight: float) -> None:
@@ -49,7 +51,9 @@ class FedAvg:
         if self.min_clients < 1:
             raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
 
-    def select(self, round: int, online: Sequence[str], rng: np.random.Generator) -> tuple[str, ...]:
+    def select(
+        self, round: int, online: Sequence[str], rng: np.random.Generator
+    ) -> tuple[str, ...]:
         pool = sorted(online)
         k = min(len(pool), max(self.min_clients, math.ceil(self.fraction * len(pool))))
         if k == len(pool):

@@ -104,9 +104,7 @@ class RoundTracker:
 
     @property
     def completed(self) -> tuple[str, ...]:
-        return tuple(
-            sorted(c for c, p in self._progress.items() if len(p.chunks) == p.count)
-        )
+        return tuple(sorted(c for c, p in self._progress.items() if len(p.chunks) == p.count))
 
     @property
     def done(self) -> bool:

@@ -209,7 +209,13 @@ class CloudNode:
             async with asyncio.timeout(timeout):
                 while len(self.online) < count:
                     self._presence.clear()
-                    await self._presence.wait()
+                    try:
+                        async with asyncio.timeout(10.0):
+                            await self._presence.wait()
+                    except TimeoutError:
+                        # Births are retained: subscribing again re-delivers any we missed.
+                        assert self._session is not None
+                        await self._session.resubscribe(self.topics.status_all)
         except TimeoutError:
             raise ConfigError(
                 f"only {len(self.online)} of {count} edges came online in {timeout:.0f} s "
@@ -258,8 +264,10 @@ class CloudNode:
                 records.append(record)
                 if on_round is not None:
                     on_round(record)
-            await self._publish(self.topics.control, encode(Control(job=cfg.job, command="stop",
-                                                                      reason="rounds done")))
+            await self._publish(
+                self.topics.control,
+                encode(Control(job=cfg.job, command="stop", reason="rounds done")),
+            )
             await self._publish(self.topics.task, b"", retain=True)
             await self._publish(self.topics.jobspec, b"", retain=True)
         self._session = None
@@ -314,8 +322,9 @@ class CloudNode:
             flat = tracker.aggregator.result()
             version += 1
         else:
-            log.warning("round %d: quorum not met (%d < %d); model kept", rnd,
-                        len(participants), needed)
+            log.warning(
+                "round %d: quorum not met (%d < %d); model kept", rnd, len(participants), needed
+            )
         loss, accuracy = await asyncio.to_thread(evaluate, cfg.model, flat, test)
         seconds = time.perf_counter() - started
         summary = RoundSummary(
@@ -333,9 +342,7 @@ class CloudNode:
         )  # fmt: skip
         return record, flat, version
 
-    async def _session_publish_all(
-        self, items: list[tuple[str, bytes]], *, retain: bool
-    ) -> None:
+    async def _session_publish_all(self, items: list[tuple[str, bytes]], *, retain: bool) -> None:
         assert self._session is not None
         await self._session.publish_all(items, retain=retain)
 

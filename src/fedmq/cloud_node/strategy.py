@@ -23,9 +23,13 @@ class Aggregator(Protocol):
 
 
 class Strategy(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """Short name for logs and run records."""
 
-    def select(self, round: int, online: Sequence[str], rng: np.random.Generator) -> tuple[str, ...]:
+    def select(
+        self, round: int, online: Sequence[str], rng: np.random.Generator
+    ) -> tuple[str, ...]:
         """The clients to train this round, chosen from `online` (sorted, so runs reproduce)."""
 
     def aggregator(self, round: int, global_flat: np.ndarray) -> Aggregator:

@@ -7,7 +7,6 @@ from typing import Any, TypeVar, overload
 
 import msgpack
 
-from fedmq.codec.bounds import MIN_PAYLOAD
 from fedmq.codec.limits import DEFAULT_LIMITS, SCHEMA_VERSION, Limits
 from fedmq.codec.messages import (
     KINDS,
@@ -72,9 +71,9 @@ def check_limits(msg: Message, limits: Limits) -> None:
                 raise LimitExceeded(f"JobSpec.layout {name!r} has {len(shape)} dims > max_dims")
         if msg.num_params > limits.max_params:
             raise LimitExceeded(f"JobSpec has {msg.num_params} parameters > max_params")
-        if not MIN_PAYLOAD <= msg.max_payload <= limits.max_payload:
-            span = f"[{MIN_PAYLOAD}, {limits.max_payload}]"
-            raise LimitExceeded(f"JobSpec.max_payload {msg.max_payload} not in {span}")
+        if msg.max_payload > limits.max_payload:
+            need = f"{msg.max_payload} > our max_payload {limits.max_payload}"
+            raise LimitExceeded(f"JobSpec.max_payload {need}")
     elif isinstance(msg, RoundTask | RoundSummary):
         ids = msg.selected if isinstance(msg, RoundTask) else msg.participants
         if len(ids) > limits.max_selected:

@@ -64,7 +64,11 @@ class JobSpec:
         _set(self, "clients", f.integer("JobSpec.clients", self.clients, minimum=1))
         _set(self, "seed", f.integer("JobSpec.seed", self.seed))
         _set(self, "codec", f.codec("JobSpec.codec", self.codec))
+        from fedmq.codec.bounds import MIN_PAYLOAD  # bounds needs TensorChunk, defined below
+
         _set(self, "max_payload", f.integer("JobSpec.max_payload", self.max_payload, minimum=1))
+        if self.max_payload < MIN_PAYLOAD:
+            raise CodecError(f"JobSpec.max_payload {self.max_payload} < minimum {MIN_PAYLOAD}")
         _set(self, "layout", f.layout("JobSpec.layout", self.layout))
 
     @property

@@ -52,7 +52,7 @@ def _store(values: F32, dtype: str) -> tuple[bytes, float]:
         return half.tobytes(), 1.0
     if dtype == "bf16":
         bits = values.astype("<f4").view("<u4").astype(np.uint64)
-        top = (bits + 0x7FFF ) >> 16  # round to nearest, ties to even
+        top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest, ties to even
         if ((top & 0x7F80) == 0x7F80).any():
             raise CodecError("values exceed the bf16 range after rounding")
         return top.astype("<u2").tobytes(), 1.0

@@ -62,6 +62,7 @@ class EdgeConfig:
     model_timeout: float = 120.0  # seconds to collect all chunks of one global model
     max_model_bytes: int = 512 << 20  # bytes of chunks held while reassembling
     exit_on_stop: bool = True  # leave when the cloud says the job is done
+    resync_s: float = 10.0  # idle this long: re-fetch the retained job/task/model in case of loss
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class EdgeNode:
         self.rounds_trained = 0
         self.updates_sent = 0
         self.dropped_late = 0
+        self.resyncs = 0
         self.first_update_version: int | None = None
         self._injected = data
         self._data: Dataset | None = None
@@ -208,7 +210,12 @@ class EdgeNode:
         )
         async with Session(session_cfg, self._on_message, self.meter) as session:
             while not (self._stop.is_set() and cfg.exit_on_stop):
-                await self._wake.wait()
+                try:
+                    async with asyncio.timeout(cfg.resync_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    await self._resync(session)
+                    continue
                 self._wake.clear()
                 await self._step(session)
         read = self.meter.read()
@@ -216,6 +223,26 @@ class EdgeNode:
             cfg.node_id, self.rounds_trained, self.updates_sent, read.sent, read.received,
             self.malformed, self.dropped_late,
         )  # fmt: skip
+
+    async def _resync(self, session: Session) -> None:
+        """Nothing happened for a while: ask the broker again for what we may have missed."""
+        self.resyncs += 1
+        task = self._task
+        if self._job is None:
+            topic = self.topics.jobspec
+        elif (
+            task is not None
+            and self.config.node_id in task.selected
+            and task.round > self._last_round
+            and (self._model is None or self._model[0] != task.version)
+        ):
+            topic = self.topics.model_all  # selected, but the model never completed
+        else:
+            topic = self.topics.task
+        log.debug(
+            "%s: idle for %.0f s; re-fetching %s", self.config.node_id, self.config.resync_s, topic
+        )
+        await session.resubscribe(topic)
 
     async def _step(self, session: Session) -> None:
         job, task = self._job, self._task
@@ -231,8 +258,9 @@ class EdgeNode:
                 return
             self._data = data
             session.set_birth(self._status(True))
-            await session.publish(self.topics.status(self.config.node_id), self._status(True),
-                                  retain=True)
+            await session.publish(
+                self.topics.status(self.config.node_id), self._status(True), retain=True
+            )
             log.info("%s: joined job %s with %d samples", self.config.node_id, job.job, len(data))
         if task is None or self.config.node_id not in task.selected:
             return
@@ -244,16 +272,21 @@ class EdgeNode:
         self, session: Session, job: JobSpec, task: RoundTask, base: np.ndarray, data: Dataset
     ) -> None:
         self._last_round = task.round
-        shard = self.config.shard if self.config.shard is not None else shard_from_id(
-            self.config.node_id
+        shard = (
+            self.config.shard
+            if self.config.shard is not None
+            else shard_from_id(self.config.node_id)
         )
         seed = derive_seed(job.seed, task.round, shard or 0)
         cfg = TrainConfig(local_epochs=task.local_epochs, batch_size=task.batch_size, lr=task.lr)
         result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
         if self._task is not None and self._task.round != task.round:
             self.dropped_late += 1
-            log.warning("%s: round %d closed while training; update dropped",
-                        self.config.node_id, task.round)
+            log.warning(
+                "%s: round %d closed while training; update dropped",
+                self.config.node_id,
+                task.round,
+            )
             return
         delta = result.flat - base
         payloads = split_vector(
@@ -268,5 +301,6 @@ class EdgeNode:
         self.updates_sent += 1
         if self.first_update_version is None:
             self.first_update_version = task.version
-        log.debug("%s: round %d update sent (%d chunks)", self.config.node_id, task.round,
-                  len(payloads))
+        log.debug(
+            "%s: round %d update sent (%d chunks)", self.config.node_id, task.round, len(payloads)
+        )

@@ -43,7 +43,7 @@ class PacketGuard:
             self._length += (byte & 0x7F) * self._multiplier
             if self._length > self.max_packet:
                 raise LimitExceeded(
-                    f"MQTT packet declares {self._length} bytes, over the limit of {self.max_packet}"
+                    f"MQTT packet declares {self._length} B, over the limit of {self.max_packet} B"
                 )
             if byte & 0x80:
                 self._multiplier *= 128

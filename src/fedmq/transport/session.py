@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from fedmq.transport.framing import PacketGuard
 from fedmq.errors import ConfigError, FedmqError, TransportError
+from fedmq.transport.framing import PacketGuard
 from fedmq.transport.meter import ByteMeter
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class BrokerAddress:
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """`mqtt://host:port` or `mqtts://host:port` (also `tcp://`, `ssl://`); default ports 1883/8883."""
+    """`mqtt://host:port` or `mqtts://host:port` (or `tcp://`, `ssl://`); ports 1883/8883."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     scheme = parts.scheme.lower()
     if scheme not in {"mqtt", "tcp", "mqtts", "ssl"}:
@@ -242,6 +242,21 @@ class Session:
             self.handler_errors += 1
             log.exception("%s: message handler failed on %s", self.config.client_id, topic)
 
+    async def resubscribe(self, topic: str) -> None:
+        """Subscribe to `topic` again, so the broker re-sends its retained messages.
+
+        The recovery for a delivery the broker dropped (amqtt gives up on a QoS 1 message
+        after 5 s without PUBACK and never re-sends it).
+        """
+        client = self._client
+        if client is None:
+            return  # a reconnect re-subscribes anyway
+        try:
+            await client.unsubscribe(topic)
+            await client.subscribe(topic, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.debug("%s: resubscribe to %s failed: %s", self.config.client_id, topic, exc)
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
@@ -268,7 +283,9 @@ class Session:
                         # The run loop notices a dead connection and reconnects; we retry.
                         log.debug(
                             "%s: publish on %s failed (%s); retrying",
-                            self.config.client_id, topic, exc,
+                            self.config.client_id,
+                            topic,
+                            exc,
                         )
                         await asyncio.sleep(0.1)
         except TimeoutError:

@@ -1,0 +1,147 @@
+"""The CLI as a user runs it: separate processes, real brokers on loopback ports."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+FEDMQ = [sys.executable, "-m", "fedmq.cli.main"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def fedmq(
+    *args: str, timeout: float = 180, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FEDMQ, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd
+    )
+
+
+def wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"nothing listening on {port}") from None
+            time.sleep(0.1)
+
+
+def test_default_run_meets_the_bar_and_reproduces(tmp_path: Path) -> None:
+    """`fedmq run` with defaults: >= 0.94 accuracy in <= 60 s, and the same again with the seed."""
+    accuracies = []
+    for name in ("a", "b"):
+        started = time.monotonic()
+        proc = fedmq("run", "--out", str(tmp_path / name))
+        process_seconds = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        for key in ("final_accuracy", "rounds", "wall_seconds", "bytes_up", "bytes_down",
+                    "clients", "codec", "broker"):  # fmt: skip
+            assert key in summary
+        assert summary["final_accuracy"] >= 0.94
+        assert summary["wall_seconds"] <= 60 and process_seconds <= 90
+        assert summary["clients"] == 10 and summary["broker"] == "embedded amqtt"
+        assert "round 20/20" in proc.stdout and "final accuracy" in proc.stdout
+        rows = (tmp_path / name / "rounds.jsonl").read_text().splitlines()
+        assert len(rows) == summary["rounds"]
+        assert sum(json.loads(r)["bytes_up"] for r in rows) == summary["bytes_up"]
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["run"]["seed"] == 0
+        assert (tmp_path / name / "model.pt").stat().st_size > 30_000
+        accuracies.append(summary["final_accuracy"])
+    assert accuracies[0] == accuracies[1]
+
+
+def _deployment(
+    broker_url: str, port: int, tmp_path: Path, broker_proc: subprocess.Popen[str] | None
+) -> None:
+    cloud = subprocess.Popen(
+        [*FEDMQ, "cloud", "--broker", broker_url, "--clients", "3", "--rounds", "3",
+         "--job", "deploy", "--round-timeout", "30", "--out", str(tmp_path / "cloud")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    edges = [
+        subprocess.Popen(
+            [*FEDMQ, "edge", "--broker", broker_url, "--id", f"edge-{i}", "--job", "deploy"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for i in range(3)
+    ]
+    try:
+        out, err = cloud.communicate(timeout=180)
+        assert cloud.returncode == 0, err
+        assert "round 3/3" in out
+        for edge in edges:
+            edge_out, edge_err = edge.communicate(timeout=30)
+            assert edge.returncode == 0, edge_err
+            assert "trained 3 rounds" in edge_out
+        summary = json.loads((tmp_path / "cloud" / "summary.json").read_text())
+        assert summary["rounds"] == 3 and summary["final_accuracy"] > 0.6
+    finally:
+        for p in [cloud, *edges]:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_separate_processes_on_the_embedded_broker(tmp_path: Path) -> None:
+    port = free_port()
+    broker = subprocess.Popen([*FEDMQ, "broker", "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    try:
+        wait_port(port, broker)
+        _deployment(f"mqtt://127.0.0.1:{port}", port, tmp_path, broker)
+        # a second broker on the same port fails with a clear message
+        clash = fedmq("broker", "--port", str(port), timeout=30)
+        assert clash.returncode == 2
+        assert "cannot listen" in clash.stderr and "another broker" in clash.stderr
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_separate_processes_on_mosquitto(mosquitto_url: str, tmp_path: Path) -> None:
+    port = int(mosquitto_url.rsplit(":", 1)[1])
+    _deployment(mosquitto_url, port, tmp_path, None)
+
+
+def test_centralized_prints_beside_federated(tmp_path: Path) -> None:
+    proc = fedmq("centralized", "--rounds", "3", "--clients", "4", "--out", str(tmp_path / "f"))
+    assert proc.returncode == 0, proc.stderr
+    assert "centralized:" in proc.stdout and "federated:" in proc.stdout and "gap" in proc.stdout
+
+
+def test_help_and_bad_input() -> None:
+    proc = fedmq("run", "--help")
+    assert proc.returncode == 0 and "--max-payload" in proc.stdout and "dirichlet" in proc.stdout
+    bad = fedmq("run", "--codec", "gzip9", "--rounds", "1")
+    assert bad.returncode == 2 and "error" in bad.stderr and "Traceback" not in bad.stderr
+    bad = fedmq("run", "--max-payload", "100")
+    assert bad.returncode == 2 and "max_payload" in bad.stderr
+    codecs = fedmq("codecs")
+    assert codecs.returncode == 0 and "int8" in codecs.stdout
+
+
+def test_compose_file_is_valid() -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.fail("docker-compose is not installed (scripts/test.sh installs it)")
+    root = Path(__file__).parents[2]
+    proc = subprocess.run([tool, "-f", str(root / "docker-compose.yml"), "config", "-q"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
