@@ -76,6 +76,7 @@ tasks = st.builds(
     local_epochs=ints,
     batch_size=st.integers(1, U63),
     lr=st.floats(min_value=0.0, max_value=1e3),
+    momentum=st.floats(min_value=0.0, max_value=0.999),
     codec=codecs,
 )
 summaries = st.builds(
@@ -156,6 +157,7 @@ TASK = RoundTask(
     local_epochs=1,
     batch_size=32,
     lr=0.01,
+    momentum=0.9,
     codec="fp16+zstd",
 )
 JOB = JobSpec(

@@ -63,7 +63,8 @@ def test_train_local_improves_accuracy(digits: tuple[Dataset, Dataset]) -> None:
     assert acc0 < 0.3
     assert acc1 > 0.85
     assert 0 < res.loss < 1.5 and 0.5 < res.accuracy <= 1.0
-    assert res.steps == TrainConfig().local_epochs * math.ceil(len(train) / 16)
+    cfg = TrainConfig()
+    assert res.steps == cfg.local_epochs * math.ceil(len(train) / cfg.batch_size)
     assert res.seconds > 0 and loss1 < 1.0
 
 

@@ -20,6 +20,7 @@ class RunConfig:
     local_epochs: int = 2  # passes over local data per round
     batch_size: int = 16
     lr: float = 0.1  # SGD learning rate on the edges
+    momentum: float = 0.0  # SGD momentum on the edges (buffer restarts every round)
     model: str = "mlp"  # mlp (64-128-10) or cnn
     dataset: str = "digits"  # scikit-learn's bundled digits: real data, no download
     partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | shards:PER_CLIENT

@@ -11,12 +11,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from fedmq.broker import BrokerConfig, EmbeddedBroker
-from fedmq.cli.config import RunConfig
+from fedmq.cli.config import FIELDS, RunConfig
 from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
 from fedmq.cloud_node import CloudConfig, CloudNode, RoundRecord
 from fedmq.edge_node import EdgeConfig, EdgeNode
@@ -37,14 +37,13 @@ class RoundProgress:
 
 
 def cloud_config(cfg: RunConfig, broker: str, **overrides: Any) -> CloudConfig:
-    return CloudConfig(
-        broker=broker, job=cfg.job, model=cfg.model, dataset=cfg.dataset,
-        partition=cfg.partition, clients=cfg.clients, rounds=cfg.rounds, fraction=cfg.fraction,
-        min_fit=cfg.min_fit, quorum=cfg.quorum, local_epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size, lr=cfg.lr, codec=cfg.codec, downlink_codec=cfg.downlink_codec,
-        max_payload=cfg.max_payload, seed=cfg.seed, test_fraction=cfg.test_fraction,
-        round_timeout=cfg.round_timeout, **overrides,
-    )  # fmt: skip
+    """The cloud's config: every setting it shares with the run config, plus `overrides`."""
+    shared = {
+        f.name: getattr(cfg, f.name)
+        for f in fields(CloudConfig)
+        if f.name in FIELDS and f.name != "broker"
+    }
+    return CloudConfig(broker=broker, **{**shared, **overrides})
 
 
 async def run_federated(

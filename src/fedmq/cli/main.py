@@ -23,6 +23,7 @@ HELP = {
     "local_epochs": "passes over local data per round (default 2)",
     "batch_size": "SGD batch size on the edges (default 16)",
     "lr": "SGD learning rate on the edges (default 0.1)",
+    "momentum": "SGD momentum on the edges, restarted every round (default 0.0)",
     "model": "mlp (64-128-10, ReLU) or cnn (default mlp)",
     "dataset": "digits: scikit-learn's bundled 8x8 digits, no download (default)",
     "partition": "iid | dirichlet:ALPHA | shards:PER_CLIENT (default dirichlet:0.5)",
@@ -173,7 +174,9 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     train, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
     epochs = cfg.rounds * cfg.local_epochs  # the same sample-epochs as the federated run
-    tcfg = TrainConfig(local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr)
+    tcfg = TrainConfig(
+        local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum
+    )
     result, accuracy = train_centralized(cfg.model, train, test, tcfg, epochs=epochs, seed=cfg.seed)
     print(f"centralized: {cfg.model} on pooled {cfg.dataset}, {epochs} epochs: "
           f"accuracy {accuracy:.4f} ({result.seconds:.1f} s)")  # fmt: skip

@@ -54,6 +54,7 @@ class CloudConfig:
     local_epochs: int = 2
     batch_size: int = 16
     lr: float = 0.1
+    momentum: float = 0.0  # edge SGD momentum (its buffer restarts every round)
     codec: str = "fp32+zstd"  # uplink (edge -> cloud) codec
     downlink_codec: str = "fp32+zstd"  # global model codec; lossless keeps edge and cloud in step
     max_payload: int = 128 * 1024  # bytes per MQTT message; managed brokers cap at 128-256 KiB
@@ -74,6 +75,7 @@ class CloudConfig:
             (self.round_timeout > 0, "round_timeout must be > 0"),
             (self.local_epochs >= 1 and self.batch_size >= 1, "local_epochs and batch_size >= 1"),
             (self.lr > 0, "lr must be > 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -303,7 +305,7 @@ class CloudNode:
         task = RoundTask(
             job=cfg.job, round=rnd, version=version, selected=selected,
             deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, codec=cfg.codec,
+            batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, codec=cfg.codec,
         )  # fmt: skip
         await self._publish(self.topics.task, encode(task), retain=True)
         try:

@@ -88,6 +88,7 @@ class RoundTask:
     local_epochs: int
     batch_size: int  # >= 1
     lr: float  # >= 0
+    momentum: float  # SGD momentum in [0, 1); the buffer starts from zero every round
     codec: str  # codec spec the edges use for their updates
 
     def __post_init__(self) -> None:
@@ -99,6 +100,9 @@ class RoundTask:
         _set(self, "local_epochs", f.integer("RoundTask.local_epochs", self.local_epochs))
         _set(self, "batch_size", f.integer("RoundTask.batch_size", self.batch_size, minimum=1))
         _set(self, "lr", f.real("RoundTask.lr", self.lr, minimum=0.0))
+        _set(self, "momentum", f.real("RoundTask.momentum", self.momentum, minimum=0.0))
+        if self.momentum >= 1.0:
+            raise CodecError(f"RoundTask.momentum must be < 1, got {self.momentum}")
         _set(self, "codec", f.codec("RoundTask.codec", self.codec))
 
 

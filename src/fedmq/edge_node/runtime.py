@@ -278,7 +278,12 @@ class EdgeNode:
             else shard_from_id(self.config.node_id)
         )
         seed = derive_seed(job.seed, task.round, shard or 0)
-        cfg = TrainConfig(local_epochs=task.local_epochs, batch_size=task.batch_size, lr=task.lr)
+        cfg = TrainConfig(
+            local_epochs=task.local_epochs,
+            batch_size=task.batch_size,
+            lr=task.lr,
+            momentum=task.momentum,
+        )
         result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
         if self._task is not None and self._task.round != task.round:
             self.dropped_late += 1

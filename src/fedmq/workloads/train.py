@@ -23,14 +23,17 @@ from fedmq.workloads.models import build_model, get_flat, make_model, set_flat
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Plain SGD on cross-entropy. Defaults tuned by bench/tune_defaults.py (digits, 10 clients,
-    dirichlet:0.5, 20 FedAvg rounds -> >= 0.95 held-out accuracy, MLP)."""
+    """SGD on cross-entropy, run by each client every round.
 
-    local_epochs: int = 2  # passes over the local data per round
-    batch_size: int = 16  # samples per SGD step; the last batch of an epoch may be smaller
+    Defaults from bench/tune_defaults.py: digits, 10 clients, dirichlet:0.5, FedAvg for 30 rounds
+    gives 0.961-0.989 held-out accuracy with "mlp" over seeds 0-9 (centralized: 0.964-0.989).
+    """
+
+    local_epochs: int = 5  # passes over the local data per round
+    batch_size: int = 32  # samples per SGD step; the last batch of an epoch may be smaller
     lr: float = 0.1  # SGD learning rate
-    momentum: float = 0.0  # SGD momentum; the buffer starts from zero every call
-    weight_decay: float = 0.0  # L2 penalty in the SGD update
+    momentum: float = 0.9  # SGD momentum; the buffer starts from zero on every call
+    weight_decay: float = 0.0  # L2 penalty added by SGD
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
