@@ -54,7 +54,7 @@ def test_default_run_meets_the_bar_and_reproduces(tmp_path: Path) -> None:
         assert summary["final_accuracy"] >= 0.94
         assert summary["wall_seconds"] <= 60 and process_seconds <= 90
         assert summary["clients"] == 10 and summary["broker"] == "embedded amqtt"
-        assert "round 20/20" in proc.stdout and "final accuracy" in proc.stdout
+        assert "round 30/30" in proc.stdout and "final accuracy" in proc.stdout
         rows = (tmp_path / name / "rounds.jsonl").read_text().splitlines()
         assert len(rows) == summary["rounds"]
         assert sum(json.loads(r)["bytes_up"] for r in rows) == summary["bytes_up"]

@@ -87,7 +87,9 @@ def test_concurrent_threads_match_serial(digits: tuple[Dataset, Dataset]) -> Non
     serial = [train_local("mlp", flat, d, FAST, seed=k) for k, d in enumerate(shards)]
     with ThreadPoolExecutor(6) as pool:
         threaded = list(
-            pool.map(lambda kd: train_local("mlp", flat, kd[1], FAST, seed=kd[0]), enumerate(shards))
+            pool.map(
+                lambda kd: train_local("mlp", flat, kd[1], FAST, seed=kd[0]), enumerate(shards)
+            )
         )
     for s, t in zip(serial, threaded, strict=True):
         assert np.array_equal(s.flat, t.flat)

@@ -16,11 +16,11 @@ from fedmq.errors import ConfigError
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     clients: int = 10  # edge nodes (and data shards)
-    rounds: int = 20  # synchronous FedAvg rounds
-    local_epochs: int = 2  # passes over local data per round
-    batch_size: int = 16
+    rounds: int = 30  # synchronous FedAvg rounds
+    local_epochs: int = 5  # passes over local data per round
+    batch_size: int = 32
     lr: float = 0.1  # SGD learning rate on the edges
-    momentum: float = 0.0  # SGD momentum on the edges (buffer restarts every round)
+    momentum: float = 0.9  # SGD momentum on the edges (buffer restarts every round)
     model: str = "mlp"  # mlp (64-128-10) or cnn
     dataset: str = "digits"  # scikit-learn's bundled digits: real data, no download
     partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | shards:PER_CLIENT
