@@ -5,9 +5,17 @@ torch.set_num_threads(1) to mimic many concurrent clients. One run seed drives e
 held-out split, the partition, the initial model and every client's shuffle. Accuracy is read at
 each checkpoint round from a single run of max(rounds) rounds.
 
-    .venv/bin/python bench/tune_defaults.py --model mlp
-    .venv/bin/python bench/tune_defaults.py --model cnn
-    .venv/bin/python bench/tune_defaults.py --model mlp --only 20,2,0.1,16 --centralized --threaded
+    .venv/bin/python bench/tune_defaults.py --model mlp                  # the plain-SGD grid
+    .venv/bin/python bench/tune_defaults.py --model mlp --momentum 0.9 --lrs 0.01,0.02,0.05
+    .venv/bin/python bench/tune_defaults.py --model mlp --momentum 0.9 --lrs 0.05,0.1 \
+        --epochs 2,5 --rounds 20,30,40,50
+    # the chosen defaults, with the centralized baseline and 10 clients in threads:
+    .venv/bin/python bench/tune_defaults.py --model mlp --momentum 0.9 --only 30,5,0.05,32 \
+        --centralized --threaded
+    .venv/bin/python bench/tune_defaults.py --model cnn --momentum 0.9 --only 30,5,0.05,32 \
+        --centralized --threaded
+
+Timings are wall clock and noisy on a shared 2-core machine; compare them within one run.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ async def _hostile(url: str, job: str, stop: asyncio.Event) -> dict[str, int]:
 
     cfg = SessionConfig(url, "mallory", subscriptions=(topics.task, topics.update_all))
     rng = np.random.default_rng(0)
+    bomb = zstandard.ZstdCompressor().compress(bytes(64 << 20))  # 64 MiB of zeros, ~2 KiB
     async with Session(cfg, on_message) as s:
         while not stop.is_set():
             try:
@@ -78,7 +79,6 @@ async def _hostile(url: str, job: str, stop: asyncio.Event) -> dict[str, int]:
                 await s.publish(topic, rng.bytes(int(rng.integers(1, 5000))))
                 sent["random"] += 1
                 # a zstd bomb with a valid digest, claiming to be one small aligned slice
-                bomb = zstandard.ZstdCompressor().compress(bytes(64 << 20))
                 chunk = TensorChunk(
                     job=job, sender=node, role="update", round=task.round, version=task.version,
                     index=0, count=2, total=9610, offset=0, length=ALIGN, encoding="fp32+zstd",

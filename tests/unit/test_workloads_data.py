@@ -81,3 +81,8 @@ def test_dataset_validates_itself() -> None:
         Dataset("bad", x, np.zeros(3, np.int64), 10, (1, 8, 8))
     with pytest.raises(ConfigError):
         Dataset("bad", x, np.zeros(4, np.int64), 10, (1, 4, 4))
+    with pytest.raises(ConfigError, match="labels"):
+        Dataset("bad", x, np.full(4, 10, np.int64), 10, (1, 8, 8))
+    ok = Dataset("ok", x, np.zeros(4, np.int64), 10, (1, 8, 8))
+    assert not ok.x.flags.writeable
+    x[0, 0] = 1.0  # the caller's array stays writable; the dataset holds a read-only view

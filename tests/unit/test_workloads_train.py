@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from fedmq.workloads import (
 
 pytestmark = pytest.mark.unit
 
-FAST = TrainConfig(local_epochs=1, batch_size=32, lr=0.1)
+FAST = TrainConfig(local_epochs=1, batch_size=32, lr=0.1, momentum=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,8 @@ def test_momentum_and_weight_decay_change_the_result(digits: tuple[Dataset, Data
     data = digits[0].subset(np.arange(200))
     flat = _init("mlp")
     plain = train_local("mlp", flat, data, FAST, seed=0).flat
-    mom = train_local("mlp", flat, data, TrainConfig(1, 32, 0.1, momentum=0.9), seed=0).flat
-    wd = train_local("mlp", flat, data, TrainConfig(1, 32, 0.1, weight_decay=0.01), seed=0).flat
+    mom = train_local("mlp", flat, data, replace(FAST, momentum=0.9), seed=0).flat
+    wd = train_local("mlp", flat, data, replace(FAST, weight_decay=0.01), seed=0).flat
     assert not np.array_equal(plain, mom) and not np.array_equal(plain, wd)
 
 

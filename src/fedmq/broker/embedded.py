@@ -31,6 +31,28 @@ class BrokerConfig:
     plugins: dict[str, Any] = field(default_factory=dict)  # extra amqtt plugins (auth, ACL)
 
 
+class _SnapshotDict(dict[Any, Any]):
+    """A dict whose iteration walks a snapshot.
+
+    amqtt 0.12.1 iterates its subscription table with awaits inside the loop (retained delivery
+    after CONNACK, broadcast); a SUBSCRIBE from another client meanwhile raises "dictionary
+    changed size during iteration" and kills the connecting client's session after its CONNACK,
+    so that client hangs. Seen here with 11 clients connecting at once.
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(dict.keys(self)))
+
+    def keys(self) -> Any:
+        return list(dict.keys(self))
+
+    def values(self) -> Any:
+        return list(dict.values(self))
+
+    def items(self) -> Any:
+        return list(dict.items(self))
+
+
 class _GuardedReader:
     """amqtt ReaderAdapter over an asyncio StreamReader that runs every byte through the guard."""
 
@@ -99,6 +121,7 @@ class EmbeddedBroker:
 
         try:
             self._broker = Broker(self._amqtt_config())
+            self._broker._subscriptions = _SnapshotDict()
             await self._broker.start()
         except (AmqttBrokerError, ValueError, TypeError) as exc:
             raise BrokerError(f"amqtt failed to start: {exc}") from exc

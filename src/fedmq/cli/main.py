@@ -22,7 +22,7 @@ HELP = {
     "rounds": "synchronous FedAvg rounds (default 30)",
     "local_epochs": "passes over local data per round (default 5)",
     "batch_size": "SGD batch size on the edges (default 32)",
-    "lr": "SGD learning rate on the edges (default 0.1)",
+    "lr": "SGD learning rate on the edges (default 0.05)",
     "momentum": "SGD momentum on the edges, restarted every round (default 0.9)",
     "model": "mlp (64-128-10, ReLU) or cnn (default mlp)",
     "dataset": "digits: scikit-learn's bundled 8x8 digits, no download (default)",

@@ -53,7 +53,7 @@ class CloudConfig:
     quorum: float = 0.5  # share of the sampled edges that must deliver for a round to count
     local_epochs: int = 5
     batch_size: int = 32
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9  # edge SGD momentum (its buffer restarts every round)
     codec: str = "fp32+zstd"  # uplink (edge -> cloud) codec
     downlink_codec: str = "fp32+zstd"  # global model codec; lossless keeps edge and cloud in step

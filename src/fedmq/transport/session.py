@@ -70,6 +70,7 @@ class SessionConfig:
     backoff_min: float = 0.2  # first reconnect delay, doubled per failure ...
     backoff_max: float = 10.0  # ... up to this, with +-25% jitter
     publish_timeout: float = 60.0  # one publish, across reconnects
+    ack_timeout: float = 10.0  # SUBACK/PUBACK wait while (re)connecting; then reconnect
     max_packet: int = 2 << 20  # inbound packet limit in bytes
     max_inflight: int = 20  # concurrent unacknowledged QoS 1 publishes
 
@@ -200,9 +201,12 @@ class Session:
                 client = self._new_client()
                 async with client:
                     for topic in self.config.subscriptions:
-                        await client.subscribe(topic, qos=1)
+                        # A broker that never answers must not leave us half-connected.
+                        await client.subscribe(topic, qos=1, timeout=self.config.ack_timeout)
                     if self._birth is not None:
-                        await client.publish(*self._birth, qos=1, retain=True)
+                        await client.publish(
+                            *self._birth, qos=1, retain=True, timeout=self.config.ack_timeout
+                        )
                     if not first:
                         self.reconnects += 1
                         log.info("%s: reconnected to %s", self.config.client_id, self.config.url)

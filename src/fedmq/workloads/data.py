@@ -12,8 +12,9 @@ from fedmq.errors import ConfigError
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
+    view = a.view()  # the caller's own array keeps its flags
+    view.setflags(write=False)
+    return view
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a bool
@@ -37,8 +38,11 @@ class Dataset:
             )
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
-        _readonly(self.x)
-        _readonly(self.y)
+        if len(self.y) and not (self.y.min() >= 0 and self.y.max() < self.num_classes):
+            raise ConfigError(f"labels must lie in [0, {self.num_classes})")
+        # frozen dataclass: set the read-only views through object.__setattr__
+        object.__setattr__(self, "x", _readonly(self.x))
+        object.__setattr__(self, "y", _readonly(self.y))
 
     def __len__(self) -> int:
         return len(self.y)
