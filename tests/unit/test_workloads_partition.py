@@ -49,8 +49,14 @@ def test_disjoint_covering_and_min_samples(
     try:
         parts = partition(labels, clients, PartitionSpec.parse(spec), seed=seed, min_samples=4)
     except ConfigError:
-        # only Dirichlet may give up (tiny alpha, many clients); the rest always fit here
-        assert spec.startswith("dirichlet")
+        # Dirichlet may give up (tiny alpha, many clients); any scheme refuses the impossible
+        smallest_shard_client = 4  # shards: k shards of floor(n / (clients * k)) samples each
+        if spec.startswith("shards"):
+            k = int(spec.split(":")[1])
+            smallest_shard_client = len(labels) // (clients * k) * k
+        assert (
+            spec.startswith("dirichlet") or clients * 4 > len(labels) or smallest_shard_client < 4
+        )
         return
     assert len(parts) == clients
     _assert_disjoint_covering(parts, len(labels))
