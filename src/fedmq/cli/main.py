@@ -70,9 +70,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # amqtt and its state machine log every connection at INFO.
+    # amqtt and its state machine log every connection at INFO, and warn at shutdown about
+    # queued presence messages nobody needs any more.
     for noisy in ("amqtt", "transitions", "mqtt"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, logging.getLogger().level))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
