@@ -1,4 +1,26 @@
-"""Device and link profiles for emulating constrained hardware (link shaping, compute slow-down).
+"""Device and link profiles: the catalogue, link shaping, compute slow-down, traffic estimation.
 
-Empty for now: the profiles issue fills it with the catalogue, the shaper and the estimator.
+One profile drives emulation (`LinkShaper`, `compute_seconds`), estimation and deployment.
 """
+
+from fedmq.tinyml_profiles.profiles import (
+    LinkProfile,
+    Profile,
+    catalogue,
+    format_bps,
+    format_bytes,
+    get_profile,
+    load_profile_file,
+    parse_fleet,
+)
+
+__all__ = [
+    "LinkProfile",
+    "Profile",
+    "catalogue",
+    "format_bps",
+    "format_bytes",
+    "get_profile",
+    "load_profile_file",
+    "parse_fleet",
+]

@@ -14,6 +14,7 @@ from fedmq.workloads.models import (
     num_params,
     set_flat,
 )
+from fedmq.workloads.cost import TrainingCost, training_cost
 from fedmq.workloads.partition import PartitionSpec, partition
 from fedmq.workloads.train import (
     TrainConfig,
@@ -32,6 +33,7 @@ __all__ = [
     "PartitionSpec",
     "TrainConfig",
     "TrainResult",
+    "TrainingCost",
     "accel_report",
     "build_model",
     "derive_seed",
@@ -45,4 +47,5 @@ __all__ = [
     "set_flat",
     "train_centralized",
     "train_local",
+    "training_cost",
 ]
