@@ -28,7 +28,7 @@ class RunConfig:
     min_fit: int = 1  # sample at least this many edges per round
     quorum: float = 0.5  # share of sampled edges that must deliver for a round to count
     seed: int = 0
-    codec: str = "fp32+zstd"  # uplink codec; `fedmq codecs` lists them
+    codec: str = ""  # uplink codec (`fedmq codecs`); empty: each profile's, else fp32+zstd
     downlink_codec: str = "fp32+zstd"  # global-model codec (lossless keeps nodes in step)
     max_payload: int = 128 * 1024  # bytes per MQTT message (managed brokers cap at 128-256 KiB)
     broker: str = ""  # mqtt://host:port of an external broker; empty starts the embedded one
@@ -37,6 +37,7 @@ class RunConfig:
     round_timeout: float = 120.0  # seconds the cloud waits for sampled updates
     out: str = ""  # run directory; empty means runs/<time>-<job>
     threads: int = 1  # torch threads per training call (many edges share the cores)
+    fleet: str = ""  # device profiles, e.g. esp32s3-wifi:4,pi4-ethernet:4 (sets clients)
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.rounds < 1:

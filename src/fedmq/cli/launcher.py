@@ -17,10 +17,14 @@ from typing import Any
 
 from fedmq.broker import BrokerConfig, EmbeddedBroker
 from fedmq.cli.config import FIELDS, RunConfig
+from fedmq.cli.planning import keepalive_for, plan_estimate, prepare, round_timeout_for
+from fedmq.cli.plots import write_plots
 from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
 from fedmq.cloud_node import CloudConfig, CloudNode, RoundRecord
 from fedmq.edge_node import EdgeConfig, EdgeNode
-from fedmq.workloads import PartitionSpec, accel_report, load_dataset, partition
+from fedmq.tinyml_profiles.shaper import LinkShaper
+from fedmq.transport import parse_broker_url
+from fedmq.workloads import accel_report
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ def cloud_config(cfg: RunConfig, broker: str, **overrides: Any) -> CloudConfig:
         for f in fields(CloudConfig)
         if f.name in FIELDS and f.name != "broker"
     }
+    shared["codec"] = cfg.codec or "fp32+zstd"
     return CloudConfig(broker=broker, **{**shared, **overrides})
 
 
@@ -53,11 +58,23 @@ async def run_federated(
 
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
+    setup = prepare(cfg)
+    cfg = setup.cfg
+    est = plan_estimate(setup, cfg.round_timeout)
+    round_timeout = round_timeout_for(setup, est)
     out = make_run_dir(cfg.out, cfg.job)
     accel = accel_report()
-    write_json(out / "config.json", {"run": cfg.as_dict(), "accel": accel})
-    train, _ = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
-    shards = partition(train.y, cfg.clients, PartitionSpec.parse(cfg.partition), seed=cfg.seed)
+    write_json(
+        out / "config.json",
+        {
+            "run": cfg.as_dict(),
+            "accel": accel,
+            "fleet": [p.name if p else "" for p in setup.profiles],
+            "codecs": setup.codecs,
+            "round_timeout": round_timeout,
+        },
+    )
+    write_json(out / "estimate.json", est.as_dict())
 
     async with contextlib.AsyncExitStack() as stack:
         if cfg.broker:
@@ -65,15 +82,34 @@ async def run_federated(
         else:
             broker = await stack.enter_async_context(EmbeddedBroker(BrokerConfig(port=0)))
             url, broker_name = broker.url, "embedded amqtt"
-        edges = [
-            EdgeNode(
-                EdgeConfig(broker=url, node_id=f"edge-{i}", job=cfg.job, shard=i),
-                data=train.subset(shards[i]),
+        address = parse_broker_url(url)
+        edges = []
+        for i, profile in enumerate(setup.profiles):
+            edge_url = url
+            if profile is not None:
+                shaper = LinkShaper(profile.link, address.host, address.port, seed=cfg.seed + i)
+                edge_url = (await stack.enter_async_context(shaper)).url
+            edges.append(
+                EdgeNode(
+                    EdgeConfig(
+                        broker=edge_url,
+                        node_id=setup.edge_id(i),
+                        job=cfg.job,
+                        shard=i,
+                        codec=setup.codecs[i],
+                        profile=profile.name if profile else "",
+                        compute_flops=profile.flops if profile else 0.0,
+                        keepalive=keepalive_for(profile, cfg.max_payload),
+                        publish_timeout=max(60.0, round_timeout),
+                    ),
+                    data=setup.train.subset(setup.shards[i]),
+                )
             )
-            for i in range(cfg.clients)
-        ]
-        cloud = CloudNode(cloud_config(cfg, url))
+        cloud = CloudNode(
+            cloud_config(cfg, url, codec=setup.task_codec, round_timeout=round_timeout)
+        )
         totals = [0, 0]
+        measured: list[dict[str, Any]] = []
 
         def round_done(record: RoundRecord) -> None:
             up = sum(e.meter.sent for e in edges)
@@ -82,14 +118,19 @@ async def run_federated(
             totals[:] = [up, down]
             elapsed = time.perf_counter() - started
             eta = elapsed / record.round * (cfg.rounds - record.round)
+            r_est = est.rounds[record.round - 1]
             row = {
                 "round": record.round, "version": record.version, "accuracy": record.accuracy,
-                "loss": record.loss, "seconds": record.seconds, "elapsed": elapsed,
-                "bytes_up": step_up, "bytes_down": step_down, "participants": record.participants,
+                "loss": record.loss, "seconds": record.seconds,
+                "round_seconds": record.round_seconds, "bound_seconds": r_est.bound_seconds,
+                "elapsed": elapsed, "bytes_up": step_up, "bytes_down": step_down,
+                "estimated_bytes_up": r_est.bytes_up, "estimated_bytes_down": r_est.bytes_down,
+                "naive_bytes": r_est.naive_bytes, "participants": record.participants,
                 "selected": record.selected, "quorum_met": record.quorum_met,
                 "num_samples": record.num_samples, "counters": record.counters,
                 "client_metrics": record.client_metrics,
             }  # fmt: skip
+            measured.append(row)
             append_jsonl(out / "rounds.jsonl", row)
             if on_round is not None:
                 on_round(RoundProgress(record, step_up, step_down, up, down, elapsed, eta))
@@ -101,6 +142,7 @@ async def run_federated(
             _, pending = await asyncio.wait(edge_tasks, timeout=10)
             for task in pending:
                 task.cancel()
+        totals[:] = [sum(e.meter.sent for e in edges), sum(e.meter.received for e in edges)]
 
     wall = time.perf_counter() - started
     save_model(
@@ -109,6 +151,7 @@ async def run_federated(
         result.layout,
         {"version": result.version, "accuracy": result.final_accuracy},
     )
+    codecs = sorted(set(setup.codecs))
     summary = {
         "final_accuracy": result.final_accuracy,
         "best_accuracy": max(r.accuracy for r in result.records),
@@ -120,16 +163,31 @@ async def run_federated(
         "cloud_bytes_sent": cloud.meter.sent,
         "cloud_bytes_received": cloud.meter.received,
         "clients": cfg.clients,
-        "codec": cfg.codec,
+        "codec": codecs[0] if len(codecs) == 1 else "mixed: " + ", ".join(codecs),
         "downlink_codec": cfg.downlink_codec,
         "broker": broker_name,
         "model": cfg.model,
         "num_params": int(result.final_flat.size),
         "partition": cfg.partition,
         "seed": cfg.seed,
+        "fleet": cfg.fleet,
         "malformed_messages": result.malformed,
         "stale_chunks": result.stale,
         "accel": accel.get("used", ""),
+        "estimated_bytes_up": est.bytes_up,
+        "estimated_bytes_down": est.bytes_down,
+        "naive_bytes": est.naive_bytes,
+        "estimate_error_up_pct": _pct(est.bytes_up, totals[0]),
+        "estimate_error_down_pct": _pct(est.bytes_down, totals[1]),
+        "naive_error_up_pct": _pct(est.naive_bytes, totals[0]),
+        "naive_error_down_pct": _pct(est.naive_bytes, totals[1]),
+        "round_seconds": [r["round_seconds"] for r in measured],
+        "round_bound_seconds": [r["bound_seconds"] for r in measured],
     }
     write_json(out / "summary.json", summary)
+    write_plots(out)
     return summary, out
+
+
+def _pct(estimate: float, measured: float) -> float:
+    return 100.0 * (estimate - measured) / measured if measured else float("nan")

@@ -31,7 +31,8 @@ HELP = {
     "min_fit": "sample at least this many edges per round (default 1)",
     "quorum": "share of sampled edges that must deliver for a round to count (default 0.5)",
     "seed": "seed of data split, model init, sampling and training (default 0)",
-    "codec": "uplink codec, e.g. fp32, fp32+zstd, fp16+zstd, int8+zstd (default fp32+zstd)",
+    "codec": "uplink codec, e.g. fp32, fp16+zstd, int8+zstd (`fedmq codecs`); default: each "
+    "profile's own, else fp32+zstd",
     "downlink_codec": "global-model codec (default fp32+zstd)",
     "max_payload": "largest MQTT message in bytes; models are chunked below it (default 131072)",
     "broker": "mqtt://HOST:PORT of an external broker (default: start an embedded one)",
@@ -40,6 +41,8 @@ HELP = {
     "round_timeout": "seconds the cloud waits for sampled updates (default 120)",
     "out": "run directory (default runs/TIME-JOB)",
     "threads": "torch threads per training call (default 1: edges share the cores)",
+    "fleet": "device profiles per edge, e.g. esp32s3-wifi:4,pi4-ethernet:4,./mine.toml:2 "
+    "(`fedmq profiles`); sets --clients, shapes each edge's link and compute",
 }
 
 
@@ -84,12 +87,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("resolved config: %s", cfg.as_dict())
     progress = Progress(cfg.rounds)
     broker = cfg.broker or "an embedded broker"
+    edges = f"fleet {cfg.fleet}" if cfg.fleet else f"{cfg.clients} edges"
     progress.header(
-        f"fedmq run: {cfg.clients} edges, {cfg.rounds} rounds, {cfg.model} on {cfg.dataset} "
-        f"({cfg.partition}), codec {cfg.codec}, on {broker}"
+        f"fedmq run: {edges}, {cfg.rounds} rounds, {cfg.model} on {cfg.dataset} "
+        f"({cfg.partition}), codec {cfg.codec or 'auto'}, on {broker}"
     )
     summary, out = asyncio.run(run_federated(cfg, on_round=None if args.quiet else progress))
     summary_table(summary, str(out))
+    if not args.quiet:
+        from fedmq.cli.output import comparison_table
+        from fedmq.cli.plots import load_run
+
+        comparison_table(load_run(out)[0], summary)
     return 0
 
 
@@ -197,6 +206,87 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from fedmq.tinyml_profiles import catalogue, format_bps, format_bytes, get_profile
+
+    if args.action == "show":
+        if not args.name:
+            raise FedmqError("fedmq profiles show NAME (or the path of a .toml file)")
+        p = get_profile(args.name)
+        link = p.link
+        print(f"{p.name}: {p.description}")
+        rows = [
+            ("uplink", format_bps(link.up_bps)), ("downlink", format_bps(link.down_bps)),
+            ("rtt", f"{link.rtt_ms:g} ms (jitter +-{link.jitter_ms:g} ms)"),
+            ("outages", f"every ~{link.outage_every_s:g} s for {link.outage_s:g} s"
+             if link.outage_every_s else "none"),
+            ("max payload", f"{link.max_payload:,} B"), ("RAM", format_bytes(p.ram_bytes)),
+            ("compute", f"{p.flops:.3g} FLOP/s"), ("default codec", p.codec), ("file", p.path),
+        ]  # fmt: skip
+        for key, value in rows:
+            print(f"  {key:<14} {value}")
+        print("  sources:")
+        for key, value in p.sources.items():
+            print(f"    {key:<8} {value}")
+        return 0
+    profiles = catalogue()
+    print(f"{len(profiles)} built-in profiles (`fedmq profiles show NAME` for sources):")
+    for name, p in profiles.items():
+        print(f"  {name:<18} {p.summary()}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from fedmq.cli.output import human_bytes
+    from fedmq.cli.planning import plan_estimate, prepare, round_timeout_for
+
+    setup = prepare(_run_config(args))
+    est = plan_estimate(setup, setup.cfg.round_timeout)
+    cfg = setup.cfg
+    data = {**est.as_dict(), "clients": cfg.clients, "rounds": cfg.rounds, "model": cfg.model,
+            "codecs": setup.codecs, "fleet": cfg.fleet,
+            "round_timeout": round_timeout_for(setup, est)}  # fmt: skip
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    print(
+        f"estimate: {cfg.clients} edges, {cfg.rounds} rounds, {cfg.model} "
+        f"({setup.cost.params:,} params), codecs {', '.join(sorted(set(setup.codecs)))}"
+    )
+    print(f"  one update on the wire: "
+          f"{', '.join(f'{k} {human_bytes(v)}' for k, v in list(est.update_bytes.items())[:3])}"
+          f"{' ...' if len(est.update_bytes) > 3 else ''}; the global model "
+          f"{human_bytes(est.model_bytes)}")  # fmt: skip
+    print(f"  {'':>10} {'fedmq estimate':>16} {'naive W x C x R':>16}")
+    print(f"  {'up':>10} {human_bytes(est.bytes_up):>16} {human_bytes(est.naive_bytes):>16}")
+    print(f"  {'down':>10} {human_bytes(est.bytes_down):>16} {human_bytes(est.naive_bytes):>16}")
+    first = est.rounds[0]
+    print(
+        f"  per round: up {human_bytes(first.bytes_up)}, down {human_bytes(first.bytes_down)}; "
+        f"time bound {first.bound_seconds:.2f} s (slowest: {first.slowest or 'host'})"
+    )
+    print(f"  whole run, link-limited: {est.seconds:.1f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedmq.cli.output import comparison_table
+    from fedmq.cli.plots import load_run, write_plots
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "rounds.jsonl").exists():
+        raise FedmqError(f"{run_dir} is not a run directory (no rounds.jsonl)")
+    rows, summary, _ = load_run(run_dir)
+    comparison_table(rows, summary)
+    for path in write_plots(run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_codecs(args: argparse.Namespace) -> int:
     from fedmq.codec import codec_names
 
@@ -269,6 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--no-federated", action="store_true", help="centralized only")
     p.set_defaults(func=cmd_centralized)
+
+    p = sub.add_parser("profiles", help="list device/link profiles, or show one with sources")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?", help="profile name or .toml path (with show)")
+    p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("estimate", help="bytes and time of a run, before running it")
+    _add_run_flags(p)
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("report", help="measured vs estimated table and plots of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("codecs", help="list the update codecs")
     p.set_defaults(func=cmd_codecs)

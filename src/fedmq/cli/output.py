@@ -59,3 +59,36 @@ def summary_table(summary: dict[str, Any], out: str, stream: TextIO = sys.stdout
     for key, value in rows:
         print(f"  {key:<{width}}  {value}", file=stream)
     print("", file=stream, flush=True)
+
+
+def comparison_table(
+    rows: list[dict[str, Any]], summary: dict[str, Any], stream: TextIO = sys.stdout
+) -> None:
+    """Measured against fedmq's estimate and the naive W x C x R, per direction, and time."""
+    if "estimated_bytes_up" not in summary:
+        return
+    print("  traffic      measured       fedmq estimate (error)    naive W x C x R (error)",
+          file=stream)  # fmt: skip
+    for way in ("up", "down"):
+        measured = summary[f"bytes_{way}"]
+        est = summary[f"estimated_bytes_{way}"]
+        naive = summary["naive_bytes"]
+        e_est, e_naive = _err(est, measured), _err(naive, measured)
+        print(
+            f"  {way:<6} {human_bytes(measured):>14} {human_bytes(est):>14} ({e_est:>+6.1f}%) "
+            f"{human_bytes(naive):>14} ({e_naive:>+6.1f}%)",
+            file=stream,
+        )
+    if rows:
+        ratios = [r["round_seconds"] / r["bound_seconds"] for r in rows if r["bound_seconds"] > 0]
+        if ratios:
+            median = sorted(ratios)[len(ratios) // 2]
+            print(
+                f"  round time / link-limited bound: median {median:.2f}, max {max(ratios):.2f}",
+                file=stream,
+            )
+    print("", file=stream, flush=True)
+
+
+def _err(estimate: float, measured: float) -> float:
+    return 100.0 * (estimate - measured) / measured if measured else float("nan")

@@ -100,7 +100,8 @@ class RoundRecord:
     selected: tuple[str, ...]
     participants: tuple[str, ...]  # sampled edges that delivered every chunk
     num_samples: int
-    seconds: float
+    seconds: float  # the whole round, evaluation included
+    round_seconds: float  # model publish to aggregate ready: the part links and devices bound
     quorum_met: bool
     counters: dict[str, int]
     cloud_sent: int  # bytes the cloud's socket sent / received during the round
@@ -327,6 +328,7 @@ class CloudNode:
             log.warning(
                 "round %d: quorum not met (%d < %d); model kept", rnd, len(participants), needed
             )
+        round_seconds = time.perf_counter() - started
         loss, accuracy = await asyncio.to_thread(evaluate, cfg.model, flat, test)
         seconds = time.perf_counter() - started
         summary = RoundSummary(
@@ -338,6 +340,7 @@ class CloudNode:
         record = RoundRecord(
             round=rnd, version=version, accuracy=accuracy, loss=loss, selected=selected,
             participants=participants, num_samples=tracker.num_samples, seconds=seconds,
+            round_seconds=round_seconds,
             quorum_met=quorum_met, counters=tracker.counters.as_dict(),
             cloud_sent=after.sent - before.sent, cloud_received=after.received - before.received,
             client_metrics=tracker.client_metrics(),

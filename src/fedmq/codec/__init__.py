@@ -1,11 +1,12 @@
 """codec: the only place that knows byte layouts. Pure functions and frozen dataclasses, no I/O.
 
-Wire messages <-> msgpack payloads, codec specs, value encodings and chunking of flat vectors.
+Wire messages <-> msgpack payloads, codec specs, value encodings, chunking, error feedback.
 """
 
 from fedmq.codec.bounds import MIN_PAYLOAD, header_size_bound, min_payload
 from fedmq.codec.chunking import assemble, chunk_values, split_vector
 from fedmq.codec.envelope import decode, encode
+from fedmq.codec.feedback import ErrorFeedback
 from fedmq.codec.limits import ALIGN, DEFAULT_LIMITS, DIGEST_SIZE, SCHEMA_VERSION, Limits
 from fedmq.codec.messages import (
     Control,
@@ -17,7 +18,7 @@ from fedmq.codec.messages import (
     TensorChunk,
 )
 from fedmq.codec.spec import CodecSpec, codec_names
-from fedmq.codec.tensors import decode_values, encode_values
+from fedmq.codec.tensors import decode_values, encode_chunk, encode_values
 
 __all__ = [
     "ALIGN",
@@ -27,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CodecSpec",
     "Control",
+    "ErrorFeedback",
     "JobSpec",
     "Limits",
     "Message",
@@ -40,6 +42,7 @@ __all__ = [
     "decode",
     "decode_values",
     "encode",
+    "encode_chunk",
     "encode_values",
     "header_size_bound",
     "min_payload",

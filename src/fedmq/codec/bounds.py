@@ -12,6 +12,7 @@ from dataclasses import fields
 from fedmq.codec.limits import ALIGN, DEFAULT_LIMITS, DIGEST_SIZE, Limits
 from fedmq.codec.messages import CHUNK_ROLES, TensorChunk
 from fedmq.codec.spec import CodecSpec
+from fedmq.codec.tensors import max_data_bytes
 
 NUMBER = 9  # largest msgpack int (uint64/int64) or float (float64), tag included
 BIN_HEADER = 5  # largest msgpack bin header (bin32)
@@ -50,9 +51,12 @@ def header_size_bound(limits: Limits = DEFAULT_LIMITS) -> int:
 
 
 def min_payload(spec: CodecSpec | None = None) -> int:
-    """Smallest max_payload that carries one ALIGN block of `spec` (of any codec if None)."""
-    per_value = 4 if spec is None else spec.bytes_per_value
-    return header_size_bound() + ALIGN * per_value
+    """Smallest max_payload that carries one ALIGN block of `spec` (of any codec if None).
+
+    fp32 needs the most: a top-k chunk is never bigger than its dense form (it is sent dense
+    when sparse would not be smaller), and no value stage takes more than 32 bits.
+    """
+    return header_size_bound() + max_data_bytes(spec or CodecSpec("fp32"), ALIGN)
 
 
 MIN_PAYLOAD = min_payload()

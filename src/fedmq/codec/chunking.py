@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from fedmq.codec.envelope import check_limits, encode
 from fedmq.codec.limits import ALIGN, DEFAULT_LIMITS, DIGEST_SIZE, Limits
 from fedmq.codec.messages import TensorChunk
 from fedmq.codec.spec import CodecSpec
-from fedmq.codec.tensors import F32, decode_values, encode_values
+from fedmq.codec.tensors import F32, SEED, decode_values, encode_chunk, max_data_bytes
 from fedmq.errors import CodecError, DigestMismatch, LimitExceeded
 
 
@@ -23,15 +22,21 @@ def digest(data: bytes) -> bytes:
 
 
 def chunk_elems(spec: CodecSpec, max_payload: int) -> int:
-    """Elements per chunk: the largest multiple of ALIGN whose raw values fit beside the header."""
-    room = (max_payload - header_size_bound(DEFAULT_LIMITS)) // spec.bytes_per_value
-    elems = min(room, DEFAULT_LIMITS.max_chunk_elems) // ALIGN * ALIGN
-    if elems < ALIGN:
+    """Elements per chunk: the largest multiple of ALIGN whose worst-case data fits the room."""
+    room = max_payload - header_size_bound(DEFAULT_LIMITS)
+    lo, hi = 0, DEFAULT_LIMITS.max_chunk_elems // ALIGN  # in ALIGN blocks; bytes grow with n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if max_data_bytes(spec, mid * ALIGN) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
         raise CodecError(
             f"max_payload {max_payload} cannot carry {ALIGN} {spec} values; "
             f"minimum is {min_payload(spec)}"
         )
-    return elems
+    return lo * ALIGN
 
 
 def split_vector(
@@ -46,15 +51,30 @@ def split_vector(
     version: int,
     num_samples: int = 0,
     metrics: Mapping[str, float] | None = None,
+    rng: np.random.Generator | None = None,
+    decoded: F32 | None = None,
 ) -> list[bytes]:
     """Encode `flat` as chunk payloads of at most `max_payload` bytes each.
 
-    The header bound covers any strings and metrics a TensorChunk accepts, and a chunk holds at
-    most (max_payload - bound) bytes of raw values; a chunk that zstd does not shrink is sent
-    raw, with "+zstd" dropped from its `encoding`. So every payload fits, whatever the data.
+    The header bound covers any strings and metrics a TensorChunk accepts, and a chunk holds
+    at most as many values as fit (max_payload - bound) bytes in their worst case; each chunk
+    is sent in the smallest form its codec allows (`encode_chunk`: top-k or dense, zstd or
+    raw), and its `encoding` says which. So every payload fits, whatever the data.
+
+    `rng` feeds stochastic rounding (`int8:sr`, `int4:sr`), drawn chunk by chunk; None means
+    `np.random.default_rng(0)`: reproducible, but the same draws on every call, so pass a
+    generator seeded per round (and per sender) for rounding that averages out across rounds.
+    `decoded`, a float32 array of flat's size, receives exactly what a receiver will decode
+    (for `ErrorFeedback.update`).
     """
     if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1:
         raise CodecError("split_vector needs a 1-D float32 numpy array")
+    if decoded is not None and (
+        not isinstance(decoded, np.ndarray)
+        or decoded.dtype != np.float32
+        or decoded.shape != flat.shape
+    ):
+        raise CodecError("split_vector: decoded must be a float32 array shaped like flat")
     limits = DEFAULT_LIMITS
     if flat.size > limits.max_params:
         raise LimitExceeded(f"vector of {flat.size} parameters > max_params {limits.max_params}")
@@ -62,15 +82,15 @@ def split_vector(
     count = max(1, math.ceil(flat.size / elems))
     if count > limits.max_chunks:
         raise LimitExceeded(f"{count} chunks > max_chunks {limits.max_chunks}; raise max_payload")
-    raw_spec = replace(spec, zstd=False)
+    gen = rng if rng is not None else np.random.default_rng(SEED)
     payloads: list[bytes] = []
     for index in range(count):
         part = flat[index * elems : (index + 1) * elems]
-        data, scale = encode_values(part, spec)
-        used = spec
-        if spec.zstd and len(data) >= part.size * spec.bytes_per_value:
-            data, scale = encode_values(part, raw_spec)
-            used = raw_spec
+        data, scale, used = encode_chunk(part, spec, rng=gen)
+        if decoded is not None:
+            decoded[index * elems : index * elems + part.size] = decode_values(
+                data, used, part.size, scale
+            )
         chunk = TensorChunk(
             job=job,
             sender=sender,

@@ -39,6 +39,7 @@ from fedmq.workloads import (
     load_dataset,
     partition,
     train_local,
+    training_cost,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,13 @@ class EdgeConfig:
     model_timeout: float = 120.0  # seconds to collect all chunks of one global model
     max_model_bytes: int = 512 << 20  # bytes of chunks held while reassembling
     exit_on_stop: bool = True  # leave when the cloud says the job is done
-    resync_s: float = 10.0  # idle this long: re-fetch the retained job/task/model in case of loss
+    resync_s: float = 10.0  # idle this long: re-fetch the retained job/task/model in case of
+    # loss; the wait doubles while nothing arrives (10, 20, 40 s ... up to 64x)
+    codec: str = ""  # uplink codec for this edge; empty uses the task's
+    compute_flops: float = 0.0  # emulate a device this fast (FLOP/s): training takes at least
+    # cost / compute_flops seconds; 0 trains at host speed
+    keepalive: int = 20  # MQTT keepalive, seconds; slow links need longer (one packet's time)
+    publish_timeout: float = 60.0  # seconds for one publish to be acknowledged
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class EdgeNode:
         self.updates_sent = 0
         self.dropped_late = 0
         self.resyncs = 0
+        self._idle_streak = 0
         self.first_update_version: int | None = None
         self._injected = data
         self._data: Dataset | None = None
@@ -207,15 +215,22 @@ class EdgeNode:
             goodbye=(self.topics.status(cfg.node_id), self._status(False)),
             username=cfg.username,
             password=cfg.password,
+            keepalive=cfg.keepalive,
+            publish_timeout=cfg.publish_timeout,
+            connect_timeout=max(30.0, cfg.publish_timeout),
+            ack_timeout=max(10.0, cfg.publish_timeout / 4),
         )
         async with Session(session_cfg, self._on_message, self.meter) as session:
             while not (self._stop.is_set() and cfg.exit_on_stop):
                 try:
-                    async with asyncio.timeout(cfg.resync_s):
+                    async with asyncio.timeout(cfg.resync_s * 2 ** min(self._idle_streak, 6)):
                         await self._wake.wait()
                 except TimeoutError:
+                    # Backoff: a fast edge waiting on slow peers must not spend its link on this.
+                    self._idle_streak += 1
                     await self._resync(session)
                     continue
+                self._idle_streak = 0
                 self._wake.clear()
                 await self._step(session)
         read = self.meter.read()
@@ -285,6 +300,13 @@ class EdgeNode:
             momentum=task.momentum,
         )
         result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
+        compute_seconds = result.seconds
+        if self.config.compute_flops > 0:
+            cost = training_cost(job.model, data.x.shape[1], data.num_classes, data.feature_shape)
+            emulated = cost.flops_per_sample * result.num_samples * cfg.local_epochs
+            compute_seconds = emulated / self.config.compute_flops
+            if compute_seconds > result.seconds:  # a faster device than this host cannot be shown
+                await asyncio.sleep(compute_seconds - result.seconds)
         if self._task is not None and self._task.round != task.round:
             self.dropped_late += 1
             log.warning(
@@ -295,10 +317,12 @@ class EdgeNode:
             return
         delta = result.flat - base
         payloads = split_vector(
-            delta, CodecSpec.parse(task.codec), max_payload=job.max_payload, job=job.job,
+            delta, CodecSpec.parse(self.config.codec or task.codec),
+            max_payload=job.max_payload, job=job.job,
             sender=self.config.node_id, role="update", round=task.round, version=task.version,
             num_samples=result.num_samples,
-            metrics={"loss": result.loss, "accuracy": result.accuracy, "seconds": result.seconds},
+            metrics={"loss": result.loss, "accuracy": result.accuracy,
+                     "seconds": max(result.seconds, compute_seconds)},
         )  # fmt: skip
         topic = self.topics.update(self.config.node_id)
         await session.publish_all([(topic, p) for p in payloads])

@@ -110,7 +110,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
         description=str(data.get("description", "")),
         ram_bytes=ram,
         flops=_number(f"{where} device.flops", device.get("flops"), positive=True),
-        link=LinkProfile(**values, max_payload=max_payload),  # type: ignore[arg-type]
+        link=LinkProfile(**values, max_payload=max_payload),
         codec=str(data.get("codec", "fp32+zstd")),
         sources={str(k): str(v) for k, v in sources.items()},
         path=where,
@@ -125,7 +125,7 @@ def load_profile_file(path: str | Path) -> Profile:
         raise ConfigError(f"profile file {p}: {exc.strerror or exc}") from None
     try:
         if p.suffix in {".yaml", ".yml"}:
-            import yaml
+            import yaml  # type: ignore[import-untyped]
 
             data = yaml.safe_load(text)
         else:

@@ -4,6 +4,7 @@ Pure PyTorch + numpy, seeded and reproducible; no MQTT, no sockets, no global to
 """
 
 from fedmq.workloads.accel import accel_report
+from fedmq.workloads.cost import TrainingCost, training_cost
 from fedmq.workloads.data import DATASET_NAMES, DATASETS, Dataset, load_dataset
 from fedmq.workloads.models import (
     MODEL_NAMES,
@@ -14,7 +15,6 @@ from fedmq.workloads.models import (
     num_params,
     set_flat,
 )
-from fedmq.workloads.cost import TrainingCost, training_cost
 from fedmq.workloads.partition import PartitionSpec, partition
 from fedmq.workloads.train import (
     TrainConfig,

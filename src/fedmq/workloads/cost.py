@@ -48,7 +48,8 @@ def training_cost(
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         with FlopCounterMode(display=False) as counter:
-            nn.functional.cross_entropy(model(x), y).backward()
+            loss = nn.functional.cross_entropy(model(x), y)
+            torch.autograd.backward(loss)
     finally:
         for h in hooks:
             h.remove()

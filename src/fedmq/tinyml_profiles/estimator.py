@@ -1,0 +1,249 @@
+"""Traffic and time estimates made before a run, from the protocol alone (pure, no I/O).
+
+It knows the codec's encoded sizes (it encodes the initial model and one sample update), the
+chunking, MQTT 3.1.1 framing and acks, and every control message of the round protocol; it never
+looks at a run's measurements. Bytes are what crosses each edge's socket, summed over edges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedmq.codec import (
+    CodecSpec,
+    Control,
+    JobSpec,
+    RoundTask,
+    Status,
+    TensorChunk,
+    decode,
+    encode,
+    split_vector,
+)
+from fedmq.tinyml_profiles import mqtt_sizes as mq
+from fedmq.tinyml_profiles.profiles import Profile
+from fedmq.transport import Topics
+
+Selector = Callable[[int, Sequence[str]], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    node_id: str
+    num_samples: int
+    codec: str  # the uplink codec this edge uses
+    profile: Profile | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    job: JobSpec
+    edges: tuple[EdgePlan, ...]
+    rounds: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    deadline_s: float
+    task_codec: str
+    downlink_codec: str
+    flops_per_sample: float  # training cost of the model, forward + backward
+    host_flops: float = 0.0  # this machine's training speed; emulation cannot beat it
+    keepalive: int = 20
+    resync_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RoundEstimate:
+    round: int
+    selected: tuple[str, ...]
+    bytes_up: int
+    bytes_down: int
+    naive_bytes: int  # W x C: raw fp32 update size times clients this round
+    bound_seconds: float  # slowest selected edge: download + compute + upload + RTT
+    slowest: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rounds: tuple[RoundEstimate, ...]
+    setup_up: int  # connect, subscribe, presence, job
+    setup_down: int
+    teardown_up: int
+    teardown_down: int
+    update_bytes: dict[str, int] = field(default_factory=dict)  # per edge, one update
+    model_bytes: int = 0  # one global model, payloads only
+
+    @property
+    def bytes_up(self) -> int:
+        return self.setup_up + sum(r.bytes_up for r in self.rounds) + self.teardown_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self.setup_down + sum(r.bytes_down for r in self.rounds) + self.teardown_down
+
+    @property
+    def naive_bytes(self) -> int:
+        return sum(r.naive_bytes for r in self.rounds)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.bound_seconds for r in self.rounds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "estimated_bytes_up": self.bytes_up,
+            "estimated_bytes_down": self.bytes_down,
+            "naive_bytes": self.naive_bytes,
+            "estimated_seconds": self.seconds,
+            "round_bound_seconds": [r.bound_seconds for r in self.rounds],
+            "estimated_round_bytes_up": [r.bytes_up for r in self.rounds],
+            "estimated_round_bytes_down": [r.bytes_down for r in self.rounds],
+            "naive_round_bytes": [r.naive_bytes for r in self.rounds],
+            "setup_bytes_up": self.setup_up,
+            "setup_bytes_down": self.setup_down,
+            "teardown_bytes_up": self.teardown_up,
+            "teardown_bytes_down": self.teardown_down,
+            "update_bytes": self.update_bytes,
+            "model_bytes": self.model_bytes,
+        }
+
+
+def _chunk_sizes(template: list[TensorChunk], topic: str, **header: Any) -> tuple[int, int]:
+    """(payload bytes, MQTT PUBLISH bytes) of a chunked vector with this header."""
+    payload = publish = 0
+    for chunk in template:
+        n = len(encode(dataclasses.replace(chunk, **header)))
+        payload += n
+        publish += mq.publish_size(topic, n)
+    return payload, publish
+
+
+def _template(vector: np.ndarray, codec: str, job: JobSpec, sender: str, role: str,
+              num_samples: int, metrics: dict[str, float]) -> list[TensorChunk]:  # fmt: skip
+    payloads = split_vector(
+        vector, CodecSpec.parse(codec), max_payload=job.max_payload, job=job.job, sender=sender,
+        role=role, round=1, version=0, num_samples=num_samples, metrics=metrics,
+    )  # fmt: skip
+    return [decode(p, expect=TensorChunk) for p in payloads]
+
+
+def _transfer(nbytes: int, bps: float) -> float:
+    return nbytes * 8.0 / bps
+
+
+def estimate(
+    plan: Plan,
+    *,
+    initial_model: np.ndarray,
+    sample_delta: np.ndarray,
+    select: Selector,
+) -> Estimate:
+    """Per-round bytes (both directions, all edges) and the link-limited round time bound.
+
+    `sample_delta` is one representative update (e.g. one local training of one edge) used to
+    learn the codec's compressed size; `select` replays the cloud's seeded client sampling.
+    """
+    job, topics = plan.job, Topics(plan.job.job)
+    metrics = {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
+    model_tmpl = _template(initial_model, plan.downlink_codec, job, "cloud", "model", 0, {})
+    edge_tmpl = {
+        e.node_id: _template(
+            sample_delta, e.codec, job, e.node_id, "update", e.num_samples, metrics
+        )
+        for e in plan.edges
+    }
+    by_id = {e.node_id: e for e in plan.edges}
+
+    def status(e: EdgePlan, online: bool, samples: int) -> int:
+        return len(encode(Status(job=job.job, sender=e.node_id, role="edge", online=online,
+                                 num_samples=samples,
+                                 profile=e.profile.name if e.profile else "")))  # fmt: skip
+
+    # Setup: CONNECT (with will), four SUBSCRIBEs, birth, the job, and the status after joining.
+    subs = (topics.jobspec, topics.task, topics.model_all, topics.control)
+    job_pub = mq.publish_size(topics.jobspec, len(encode(job)))
+    clear_task = mq.publish_size(topics.task, 0)
+    setup_up = setup_down = 0
+    for e in plan.edges:
+        st = topics.status(e.node_id)
+        setup_up += mq.connect_size(f"{job.job}-{e.node_id}", will_topic=st,
+                                    will_payload_len=status(e, False, 0))  # fmt: skip
+        setup_up += sum(mq.subscribe_size(t) for t in subs)
+        setup_up += mq.publish_size(st, status(e, True, 0))  # birth
+        setup_up += mq.publish_size(st, status(e, True, e.num_samples))  # after joining
+        setup_up += 2 * mq.PUBACK  # for the task clear and the job
+        setup_down += mq.CONNACK + len(subs) * mq.SUBACK_ONE + 2 * mq.PUBACK
+        setup_down += clear_task + job_pub
+
+    rounds: list[RoundEstimate] = []
+    online = sorted(by_id)
+    w_fp32 = 4 * job.num_params
+    for rnd in range(1, plan.rounds + 1):
+        version = rnd - 1
+        selected = select(rnd, online)
+        task = RoundTask(
+            job=job.job, round=rnd, version=version, selected=selected,
+            deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
+            batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum,
+            codec=plan.task_codec,
+        )  # fmt: skip
+        task_pub = mq.publish_size(topics.task, len(encode(task)))
+        model_payload, model_pub = 0, 0
+        for i, chunk in enumerate(model_tmpl):
+            n = len(encode(dataclasses.replace(chunk, round=rnd, version=version)))
+            model_payload += n
+            model_pub += mq.publish_size(topics.model(i), n)
+        up = down = 0
+        bound, slowest = 0.0, ""
+        for e in plan.edges:
+            down += model_pub + task_pub
+            up += (len(model_tmpl) + 1) * mq.PUBACK
+            if e.node_id not in selected:
+                continue
+            tmpl = edge_tmpl[e.node_id]
+            _, pub = _chunk_sizes(tmpl, topics.update(e.node_id), round=rnd, version=version)
+            up += pub
+            down += len(tmpl) * mq.PUBACK
+            seconds = _edge_seconds(plan, e, model_pub + task_pub, pub)
+            if seconds > bound:
+                bound, slowest = seconds, e.node_id
+        rounds.append(
+            RoundEstimate(rnd, selected, up, down, w_fp32 * len(selected), bound, slowest)
+        )
+
+    # Teardown: the stop, the cleared task and job, the goodbye status and DISCONNECT.
+    stop = Control(job=job.job, command="stop", reason="rounds done")
+    control = mq.publish_size(topics.control, len(encode(stop)))
+    teardown_up = teardown_down = 0
+    for e in plan.edges:
+        teardown_down += control + clear_task + mq.publish_size(topics.jobspec, 0) + mq.PUBACK
+        teardown_up += mq.PUBACK + mq.publish_size(topics.status(e.node_id), status(e, False, 0))
+        teardown_up += mq.DISCONNECT
+    update_bytes = {
+        e.node_id: sum(len(encode(c)) for c in edge_tmpl[e.node_id]) for e in plan.edges
+    }
+    model_bytes = sum(len(encode(c)) for c in model_tmpl)
+    return Estimate(tuple(rounds), setup_up, setup_down, teardown_up, teardown_down,
+                    update_bytes, model_bytes)  # fmt: skip
+
+
+def compute_seconds(plan: Plan, edge: EdgePlan) -> float:
+    """Training time of one round on the edge: the profile's speed, never faster than the host."""
+    flops = plan.flops_per_sample * edge.num_samples * plan.local_epochs
+    speeds = [s for s in (edge.profile.flops if edge.profile else 0.0, plan.host_flops) if s > 0]
+    return flops / min(speeds) if speeds else 0.0
+
+
+def _edge_seconds(plan: Plan, edge: EdgePlan, down_bytes: int, up_bytes: int) -> float:
+    link = edge.profile.link if edge.profile else None
+    seconds = compute_seconds(plan, edge)
+    if link is not None:
+        seconds += _transfer(down_bytes, link.down_bps) + _transfer(up_bytes, link.up_bps)
+        seconds += 2 * link.one_way_s
+    return seconds
