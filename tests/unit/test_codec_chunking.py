@@ -403,3 +403,110 @@ def test_assemble_applies_limits() -> None:
         assemble(two_chunks(), Limits(max_chunk_elems=127))
     with pytest.raises(LimitExceeded):
         assemble(two_chunks(), Limits(max_chunks=1))
+
+
+# ---- every codec of the compression issue -----------------------------------------------------
+
+EVERY = [
+    *ALL,
+    *("int8:sr", "int8:sr+zstd", "int4", "int4+zstd", "int4:sr+zstd", "sign", "sign+zstd"),
+    *("topk:0.01+int8+zstd", "topk:0.1+int8", "topk:0.5+fp32", "topk:0.9+fp16+zstd"),
+    *("topk:1.0+bf16", "topk:0.01+sign+zstd", "topk:0.3+int4:sr", "topk:0.001+fp32+zstd"),
+]
+
+
+def hard_values(kind: str, size: int, seed: int) -> np.ndarray:
+    """Data that is hard on a codec: full-entropy mantissas, heavy tails, zeros, spikes."""
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":  # within the fp16 range, every mantissa bit random
+        return rng.uniform(-6e4, 6e4, size).astype(np.float32)
+    if kind == "heavy":
+        return (rng.standard_cauchy(size) * 1e-3).clip(-6e4, 6e4).astype(np.float32)
+    if kind == "zeros":
+        return np.zeros(size, np.float32)
+    values = rng.normal(0, 1e-3, size).astype(np.float32)  # "spiky": a few huge entries
+    if size:
+        values[rng.integers(0, size, 1 + size // 500)] = 1e4
+    return values
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.sampled_from(EVERY),
+    kind=st.sampled_from(["uniform", "heavy", "zeros", "spiky"]),
+    size=st.integers(0, 20_000),
+    extra=st.sampled_from([0, 1, 63, 500, 5000, 60_000]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_codec_fits_max_payload_and_decoded_is_what_arrives(
+    text: str, kind: str, size: int, extra: int, seed: int
+) -> None:
+    spec = CodecSpec.parse(text)
+    max_payload = min_payload(spec) + extra
+    values = hard_values(kind, size, seed)
+    decoded = np.full(size, np.nan, np.float32)
+    payloads = split_vector(
+        values, spec, max_payload=max_payload, rng=np.random.default_rng(seed), decoded=decoded,
+        **worst_case_kw(),
+    )  # fmt: skip
+    assert max(len(p) for p in payloads) <= max_payload
+    chunks = [decode(p, expect=TensorChunk) for p in payloads]
+    forms = {str(spec), str(spec.raw), str(spec.dense), str(spec.dense.raw)}
+    assert {c.encoding for c in chunks} <= forms
+    out = assemble(chunks)
+    assert out.tobytes() == decoded.tobytes()  # split_vector says exactly what arrives
+    if not spec.lossy:
+        assert out.tobytes() == values.tobytes()
+    if kind == "zeros":
+        assert not out.any()
+
+
+@pytest.mark.parametrize("text", EVERY)
+def test_min_payload_is_the_minimum_for_every_codec(text: str) -> None:
+    spec = CodecSpec.parse(text)
+    values = hard_values("uniform", 200, 0)
+    assert min_payload(spec) <= MIN_PAYLOAD
+    payloads = split_vector(values, spec, max_payload=min_payload(spec), **worst_case_kw())
+    assert max(len(p) for p in payloads) <= min_payload(spec)
+    with pytest.raises(CodecError, match=f"minimum is {min_payload(spec)}"):
+        split_vector(values, spec, max_payload=min_payload(spec) - 1, **worst_case_kw())
+
+
+def test_sparse_chunks_are_large_and_tiny() -> None:
+    values = np.random.default_rng(0).normal(0, 1e-3, 1 << 20).astype(np.float32)
+    chunks = split(values, "topk:0.01+int8+zstd", 128 * 1024)
+    assert [c.length for c in chunks] == [1 << 20]  # one chunk: the bound allows max elems
+    assert chunks[0].encoding == "topk:0.01+int8+zstd"
+    assert len(encode(chunks[0])) < 0.02 * values.nbytes
+    dense = split(values, "int4+zstd", 128 * 1024)
+    assert dense[0].length == (128 * 1024 - header_size_bound()) * 2 // ALIGN * ALIGN
+
+
+def test_rng_is_threaded_through_and_seeded_by_default() -> None:
+    values = np.random.default_rng(0).normal(0, 1, 50_000).astype(np.float32)
+    kw: dict[str, Any] = {"max_payload": 8192, "role": "update", **IDS}
+    sr = CodecSpec.parse("int4:sr+zstd")
+    a = split_vector(values, sr, rng=np.random.default_rng(5), **kw)
+    assert a == split_vector(values, sr, rng=np.random.default_rng(5), **kw)
+    assert a != split_vector(values, sr, rng=np.random.default_rng(6), **kw)
+    assert split_vector(values, sr, **kw) == split_vector(values, sr, **kw)  # default seed 0
+    assert len({decode(p, expect=TensorChunk).data for p in a}) == len(a)  # chunks differ
+    nearest = CodecSpec.parse("int4+zstd")
+    assert split_vector(values, nearest, rng=np.random.default_rng(5), **kw) == split_vector(
+        values, nearest, **kw
+    )
+
+
+def test_decoded_must_match_the_vector() -> None:
+    kw: dict[str, Any] = {"max_payload": 8192, "role": "update", **IDS}
+    values = np.zeros(100, np.float32)
+    for bad in (np.zeros(99, np.float32), np.zeros(100, np.float64), [0.0] * 100):
+        with pytest.raises(CodecError, match="decoded"):
+            split_vector(values, CodecSpec("int8"), decoded=bad, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["sign", "int4", "topk:0.5+sign", "topk:0.5+int8+zstd"])
+def test_a_scale_that_overflows_float32_is_caught(text: str) -> None:
+    chunk = make_chunk(VALUES, text, scale=1e300)
+    with pytest.raises(CodecError, match="NaN or Inf"):
+        chunk_values(chunk)

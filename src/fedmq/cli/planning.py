@@ -95,47 +95,83 @@ def prepare(cfg: RunConfig) -> Setup:
 
 def job_spec(setup: Setup) -> JobSpec:
     cfg = setup.cfg
-    model = build_model(cfg.model, num_features=setup.train.x.shape[1],
-                        num_classes=setup.train.num_classes,
-                        feature_shape=setup.train.feature_shape, seed=cfg.seed)  # fmt: skip
+    model = build_model(
+        cfg.model,
+        num_features=setup.train.x.shape[1],
+        num_classes=setup.train.num_classes,
+        feature_shape=setup.train.feature_shape,
+        seed=cfg.seed,
+    )
     return JobSpec(
-        job=cfg.job, model=cfg.model, dataset=cfg.dataset, partition=cfg.partition,
-        clients=cfg.clients, seed=cfg.seed, codec=setup.task_codec,
-        max_payload=cfg.max_payload, layout=layout(model),
-    )  # fmt: skip
+        job=cfg.job,
+        model=cfg.model,
+        dataset=cfg.dataset,
+        partition=cfg.partition,
+        clients=cfg.clients,
+        seed=cfg.seed,
+        codec=setup.task_codec,
+        max_payload=cfg.max_payload,
+        layout=layout(model),
+    )
 
 
 def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
     cfg = setup.cfg
     train = setup.train
-    model = build_model(cfg.model, num_features=train.x.shape[1], num_classes=train.num_classes,
-                        feature_shape=train.feature_shape, seed=cfg.seed)  # fmt: skip
+    model = build_model(
+        cfg.model,
+        num_features=train.x.shape[1],
+        num_classes=train.num_classes,
+        feature_shape=train.feature_shape,
+        seed=cfg.seed,
+    )
     initial = get_flat(model)
-    tcfg = TrainConfig(local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                       momentum=cfg.momentum)  # fmt: skip
-    # One real local training (edge 0, round 1) gives a representative update to size the codec.
-    data0 = train.subset(setup.shards[0])
-    sample = train_local(cfg.model, initial, data0, tcfg, seed=derive_seed(cfg.seed, 1, 0))
-    flops = setup.cost.flops_per_sample * sample.num_samples * cfg.local_epochs
+    tcfg = TrainConfig(
+        local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum
+    )
+    # The first rounds of the real workload, run ahead in-process (no run is measured): their
+    # updates and models teach the estimator how the codecs compress as training proceeds.
+    host_seconds = host_flops = 0.0
+    models, deltas = [initial], []
+    for rnd in range(1, min(cfg.rounds, cfg.sample_rounds) + 1):
+        base, updates = models[-1], {}
+        total, weighted = 0, np.zeros_like(base, dtype=np.float64)
+        for i, shard in enumerate(setup.shards):
+            result = train_local(
+                cfg.model, base, train.subset(shard), tcfg, seed=derive_seed(cfg.seed, rnd, i)
+            )
+            updates[setup.edge_id(i)] = result.flat - base
+            weighted += result.num_samples * updates[setup.edge_id(i)]
+            total += result.num_samples
+            host_seconds += result.seconds
+            host_flops += setup.cost.flops_per_sample * result.num_samples * cfg.local_epochs
+        deltas.append(updates)
+        models.append((base + weighted / max(total, 1)).astype(np.float32))
     edges = tuple(
         EdgePlan(setup.edge_id(i), len(setup.shards[i]), setup.codecs[i], setup.profiles[i])
         for i in range(cfg.clients)
     )
     plan = Plan(
-        job=job_spec(setup), edges=edges, rounds=cfg.rounds,
-        local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        momentum=cfg.momentum, deadline_s=round_timeout, task_codec=setup.task_codec,
-        downlink_codec=cfg.downlink_codec, flops_per_sample=setup.cost.flops_per_sample,
-        host_flops=flops / max(sample.seconds, 1e-9),
-    )  # fmt: skip
+        job=job_spec(setup),
+        edges=edges,
+        rounds=cfg.rounds,
+        local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        deadline_s=round_timeout,
+        task_codec=setup.task_codec,
+        downlink_codec=cfg.downlink_codec,
+        flops_per_sample=setup.cost.flops_per_sample,
+        host_flops=host_flops / max(host_seconds, 1e-9),
+    )
     strategy = FedAvg(fraction=cfg.fraction, min_clients=cfg.min_fit)
     rng = np.random.default_rng(cfg.seed)  # the cloud's sampling, replayed
 
     def select(rnd: int, online: Sequence[str]) -> tuple[str, ...]:
         return strategy.select(rnd, list(online), rng)
 
-    return estimate(plan, initial_model=initial, sample_delta=sample.flat - initial,
-                    select=select)  # fmt: skip
+    return estimate(plan, models=models[: len(deltas)], deltas=deltas, select=select)
 
 
 def round_timeout_for(setup: Setup, est: Estimate | None) -> float:

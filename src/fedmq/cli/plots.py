@@ -27,6 +27,7 @@ def write_plots(run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")  # no display needed, and no window ever opens
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows, summary, est = load_run(run_dir)
     if not rows:
@@ -45,11 +46,13 @@ def write_plots(run_dir: Path) -> list[Path]:
         ax.plot(rounds, naive / 1e6, ":", label="naive W x C x R", color="gray")
         ax.set_title(f"{'uplink (edges -> broker)' if way == 'up' else 'downlink'}")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("cumulative MB")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"bytes per direction: {summary.get('clients')} edges, codec "
-                 f"{summary.get('codec')}")  # fmt: skip
+    fig.suptitle(
+        f"bytes per direction: {summary.get('clients')} edges, codec {summary.get('codec')}"
+    )
     fig.tight_layout()
     path = run_dir / "bytes.png"
     fig.savefig(path, dpi=110)
@@ -58,9 +61,9 @@ def write_plots(run_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(rounds, [r["round_seconds"] for r in rows], "o-", label="measured round time", lw=2)
-    ax.plot(rounds, [r["bound_seconds"] for r in rows], "s--",
-            label="link-limited lower bound")  # fmt: skip
+    ax.plot(rounds, [r["bound_seconds"] for r in rows], "s--", label="link-limited lower bound")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)

@@ -167,7 +167,8 @@ class CodecSpec:
     @property
     def lossy(self) -> bool:
         """True when decoding may differ from the input: use ErrorFeedback with such a codec."""
-        return not STAGES[self.dtype].lossless or (self.topk is not None and self.topk < 1.0)
+        # top-k drops zeros, -0.0 included (it decodes as +0.0): not bit-exact even at 1.0
+        return not STAGES[self.dtype].lossless or self.topk is not None
 
     @property
     def scaled(self) -> bool:

@@ -284,8 +284,29 @@ def max_data_bytes(spec: CodecSpec, n: int) -> int:
 # ---- encoding ---------------------------------------------------------------------------------
 
 
-def _zstd(raw: bytes) -> bytes:
-    return bytes(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw))
+def _zstd(sections: list[bytes]) -> bytes:
+    """One zstd frame (content size declared) of the sections joined, a block ending after each.
+
+    The frame's content is just the joined bytes; ending a block at every byte plane gives each
+    plane its own literal (Huffman) table, which the shuffle is for: a 128 KiB fp32 chunk of
+    deltas compresses 1.18x instead of 1.10x when its four planes shared one block.
+    """
+    total = sum(len(part) for part in sections)
+    cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=total)
+    out = []
+    for part in sections:
+        if part:
+            out.append(cobj.compress(part))
+            out.append(cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+    out.append(cobj.flush())
+    return b"".join(out)
+
+
+def _planes(stored: bytes, width: int) -> list[bytes]:
+    """The byte planes of the shuffle: all first bytes, then all second bytes..."""
+    shuffled = shuffle(stored, width)
+    n = len(stored) // width
+    return [shuffled[b * n : (b + 1) * n] for b in range(width)]
 
 
 def _parts(
@@ -322,7 +343,7 @@ def encode_values(
     gen = rng if rng is not None else np.random.default_rng(SEED)
     head, stored, scale, _ = _parts(values, spec, gen, fallback=False)
     if spec.zstd:
-        return _zstd(head + shuffle(stored, spec.shuffle_width)), scale
+        return _zstd([head, *_planes(stored, spec.shuffle_width)]), scale
     return head + stored, scale
 
 
@@ -342,7 +363,7 @@ def encode_chunk(
     raw = head + stored
     if not used.zstd:
         return raw, scale, used
-    frame = _zstd(head + shuffle(stored, used.shuffle_width))
+    frame = _zstd([head, *_planes(stored, used.shuffle_width)])
     if len(frame) < len(raw):
         return frame, scale, used
     return raw, scale, used.raw

@@ -8,7 +8,7 @@ looks at a run's measurements. Bytes are what crosses each edge's socket, summed
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,12 +124,27 @@ def _chunk_sizes(template: list[TensorChunk], topic: str, **header: Any) -> tupl
     return payload, publish
 
 
-def _template(vector: np.ndarray, codec: str, job: JobSpec, sender: str, role: str,
-              num_samples: int, metrics: dict[str, float]) -> list[TensorChunk]:  # fmt: skip
+def _template(
+    vector: np.ndarray,
+    codec: str,
+    job: JobSpec,
+    sender: str,
+    role: str,
+    num_samples: int,
+    metrics: dict[str, float],
+) -> list[TensorChunk]:
     payloads = split_vector(
-        vector, CodecSpec.parse(codec), max_payload=job.max_payload, job=job.job, sender=sender,
-        role=role, round=1, version=0, num_samples=num_samples, metrics=metrics,
-    )  # fmt: skip
+        vector,
+        CodecSpec.parse(codec),
+        max_payload=job.max_payload,
+        job=job.job,
+        sender=sender,
+        role=role,
+        round=1,
+        version=0,
+        num_samples=num_samples,
+        metrics=metrics,
+    )
     return [decode(p, expect=TensorChunk) for p in payloads]
 
 
@@ -140,30 +155,47 @@ def _transfer(nbytes: int, bps: float) -> float:
 def estimate(
     plan: Plan,
     *,
-    initial_model: np.ndarray,
-    sample_delta: np.ndarray,
+    models: Sequence[np.ndarray],
+    deltas: Sequence[Mapping[str, np.ndarray]],
     select: Selector,
 ) -> Estimate:
     """Per-round bytes (both directions, all edges) and the link-limited round time bound.
 
-    `sample_delta` is one representative update (e.g. one local training of one edge) used to
-    learn the codec's compressed size; `select` replays the cloud's seeded client sampling.
+    `models[k]` and `deltas[k]` (one update per edge) are samples of round k+1's global model
+    and updates, e.g. from running the first rounds of the workload in-process; rounds past the
+    samples reuse the last. They teach the estimator the codec's compressed sizes; everything
+    else is the protocol's arithmetic. `select` replays the cloud's seeded client sampling.
     """
+    if not models or not deltas:
+        raise ValueError("need at least one sample model and one set of sample deltas")
     job, topics = plan.job, Topics(plan.job.job)
     metrics = {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
-    model_tmpl = _template(initial_model, plan.downlink_codec, job, "cloud", "model", 0, {})
-    edge_tmpl = {
-        e.node_id: _template(
-            sample_delta, e.codec, job, e.node_id, "update", e.num_samples, metrics
-        )
-        for e in plan.edges
-    }
+    model_tmpls = [_template(m, plan.downlink_codec, job, "cloud", "model", 0, {}) for m in models]
+    edge_tmpls = [
+        {
+            e.node_id: _template(
+                d[e.node_id], e.codec, job, e.node_id, "update", e.num_samples, metrics
+            )
+            for e in plan.edges
+        }
+        for d in deltas
+    ]
+    model_tmpl, edge_tmpl = model_tmpls[0], edge_tmpls[0]
     by_id = {e.node_id: e for e in plan.edges}
 
     def status(e: EdgePlan, online: bool, samples: int) -> int:
-        return len(encode(Status(job=job.job, sender=e.node_id, role="edge", online=online,
-                                 num_samples=samples,
-                                 profile=e.profile.name if e.profile else "")))  # fmt: skip
+        return len(
+            encode(
+                Status(
+                    job=job.job,
+                    sender=e.node_id,
+                    role="edge",
+                    online=online,
+                    num_samples=samples,
+                    profile=e.profile.name if e.profile else "",
+                )
+            )
+        )
 
     # Setup: CONNECT (with will), four SUBSCRIBEs, birth, the job, and the status after joining.
     subs = (topics.jobspec, topics.task, topics.model_all, topics.control)
@@ -172,8 +204,9 @@ def estimate(
     setup_up = setup_down = 0
     for e in plan.edges:
         st = topics.status(e.node_id)
-        setup_up += mq.connect_size(f"{job.job}-{e.node_id}", will_topic=st,
-                                    will_payload_len=status(e, False, 0))  # fmt: skip
+        setup_up += mq.connect_size(
+            f"{job.job}-{e.node_id}", will_topic=st, will_payload_len=status(e, False, 0)
+        )
         setup_up += sum(mq.subscribe_size(t) for t in subs)
         setup_up += mq.publish_size(st, status(e, True, 0))  # birth
         setup_up += mq.publish_size(st, status(e, True, e.num_samples))  # after joining
@@ -188,14 +221,22 @@ def estimate(
         version = rnd - 1
         selected = select(rnd, online)
         task = RoundTask(
-            job=job.job, round=rnd, version=version, selected=selected,
-            deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
-            batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum,
+            job=job.job,
+            round=rnd,
+            version=version,
+            selected=selected,
+            deadline_s=plan.deadline_s,
+            local_epochs=plan.local_epochs,
+            batch_size=plan.batch_size,
+            lr=plan.lr,
+            momentum=plan.momentum,
             codec=plan.task_codec,
-        )  # fmt: skip
+        )
         task_pub = mq.publish_size(topics.task, len(encode(task)))
         model_payload, model_pub = 0, 0
-        for i, chunk in enumerate(model_tmpl):
+        round_model = model_tmpls[min(rnd, len(model_tmpls)) - 1]
+        round_edges = edge_tmpls[min(rnd, len(edge_tmpls)) - 1]
+        for i, chunk in enumerate(round_model):
             n = len(encode(dataclasses.replace(chunk, round=rnd, version=version)))
             model_payload += n
             model_pub += mq.publish_size(topics.model(i), n)
@@ -203,10 +244,10 @@ def estimate(
         bound, slowest = 0.0, ""
         for e in plan.edges:
             down += model_pub + task_pub
-            up += (len(model_tmpl) + 1) * mq.PUBACK
+            up += (len(round_model) + 1) * mq.PUBACK
             if e.node_id not in selected:
                 continue
-            tmpl = edge_tmpl[e.node_id]
+            tmpl = round_edges[e.node_id]
             _, pub = _chunk_sizes(tmpl, topics.update(e.node_id), round=rnd, version=version)
             up += pub
             down += len(tmpl) * mq.PUBACK
@@ -229,8 +270,9 @@ def estimate(
         e.node_id: sum(len(encode(c)) for c in edge_tmpl[e.node_id]) for e in plan.edges
     }
     model_bytes = sum(len(encode(c)) for c in model_tmpl)
-    return Estimate(tuple(rounds), setup_up, setup_down, teardown_up, teardown_down,
-                    update_bytes, model_bytes)  # fmt: skip
+    return Estimate(
+        tuple(rounds), setup_up, setup_down, teardown_up, teardown_down, update_bytes, model_bytes
+    )
 
 
 def compute_seconds(plan: Plan, edge: EdgePlan) -> float:
