@@ -7,6 +7,7 @@ int64/uint64 (<= 9 bytes), every float is a float64 (9 bytes), and bin headers t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 
 from fedmq.codec.limits import ALIGN, DEFAULT_LIMITS, DIGEST_SIZE, Limits
@@ -31,6 +32,7 @@ def map_header(n: int) -> int:
     return 1 if n <= 15 else 3 if n <= 0xFFFF else 5
 
 
+@functools.lru_cache(maxsize=16)
 def header_size_bound(limits: Limits = DEFAULT_LIMITS) -> int:
     """Most bytes a chunk payload can take beyond len(data), for chunks within `limits`."""
     name = str_size(limits.max_name_len)

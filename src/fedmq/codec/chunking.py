@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
+@functools.lru_cache(maxsize=256)
 def chunk_elems(spec: CodecSpec, max_payload: int) -> int:
     """Elements per chunk: the largest multiple of ALIGN whose worst-case data fits the room."""
     room = max_payload - header_size_bound(DEFAULT_LIMITS)

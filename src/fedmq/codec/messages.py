@@ -120,8 +120,8 @@ class TensorChunk:
     total: int  # total number of parameters of the vector
     offset: int  # multiple of ALIGN
     length: int  # multiple of ALIGN and > 0 except in the last chunk, which ends at total
-    encoding: str  # codec spec actually used for THIS chunk, e.g. "fp32+zstd"
-    scale: float  # dequantisation scale (int8), 1.0 otherwise; finite, > 0
+    encoding: str  # codec spec actually used for THIS chunk, e.g. "topk:0.01+int8+zstd"
+    scale: float  # dequantisation scale (int8, int4, sign), 1.0 otherwise; finite, > 0
     num_samples: int  # an update's FedAvg weight; 0 for role "model"
     metrics: Mapping[str, float] = field(hash=False)  # small (<= 16), usually only on index 0
     digest: bytes = field(repr=False)  # blake2b(data, digest_size=16)

@@ -11,7 +11,7 @@ A new stage is one `Stage` in `STAGES` plus a field of `CodecSpec` and a line in
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -99,6 +99,13 @@ class CodecSpec:
 
     @classmethod
     def parse(cls, text: str) -> CodecSpec:
+        """The spec `text` names; CodecError, naming the valid forms, if it names none."""
+        if isinstance(text, str) and cls is CodecSpec:
+            return _parse(text)  # specs are immutable: every chunk's encoding parses once
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> CodecSpec:
         if not isinstance(text, str) or not text:
             raise CodecError(f"empty or non-text codec spec {text!r}; valid: {_valid()}")
         parsed: list[tuple[Stage, str | None]] = []
@@ -192,8 +199,19 @@ class CodecSpec:
         """
         if self.topk is None:
             return n
-        frac = Fraction(repr(self.topk))
-        return min(n, math.ceil(frac * n))
+        frac = _exact(self.topk)
+        return min(n, -(-n * frac.numerator // frac.denominator))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> CodecSpec:
+    return CodecSpec._parse(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _exact(fraction: float) -> Fraction:
+    """The fraction its shortest decimal text means: 0.1 is 1/10, not 0.1000000000000000055."""
+    return Fraction(repr(fraction))
 
 
 def codec_names() -> list[tuple[str, str]]:

@@ -198,15 +198,8 @@ class Session:
         first = True
         while True:
             try:
-                client = self._new_client()
-                async with client:
-                    for topic in self.config.subscriptions:
-                        # A broker that never answers must not leave us half-connected.
-                        await client.subscribe(topic, qos=1, timeout=self.config.ack_timeout)
-                    if self._birth is not None:
-                        await client.publish(
-                            *self._birth, qos=1, retain=True, timeout=self.config.ack_timeout
-                        )
+                async with contextlib.AsyncExitStack() as stack:
+                    client = await self._establish(stack)
                     if not first:
                         self.reconnects += 1
                         log.info("%s: reconnected to %s", self.config.client_id, self.config.url)
@@ -223,12 +216,27 @@ class Session:
                     self._connected.clear()
                     return
                 self._lost(exc)
-            except (aiomqtt.MqttError, OSError) as exc:
+            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
                 self._lost(exc)
             self._client = None
             self._connected.clear()
             await asyncio.sleep(delay * random.uniform(0.75, 1.25))
             delay = min(delay * 2, self.config.backoff_max)
+
+    async def _establish(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
+        """Connect, subscribe and publish the birth, all within `ack_timeout`.
+
+        aiomqtt waits for CONNACK without a deadline; a link that accepts TCP and then dies
+        (an outage, a half-open NAT) would otherwise hang the session for good.
+        """
+        client = self._new_client()
+        async with asyncio.timeout(self.config.ack_timeout):
+            await stack.enter_async_context(client)
+            for topic in self.config.subscriptions:
+                await client.subscribe(topic, qos=1)
+            if self._birth is not None:
+                await client.publish(*self._birth, qos=1, retain=True)
+        return client
 
     def _lost(self, exc: BaseException) -> None:
         self._fatal = exc
