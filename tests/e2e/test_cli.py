@@ -145,3 +145,42 @@ def test_compose_file_is_valid() -> None:
     proc = subprocess.run([tool, "-f", str(root / "docker-compose.yml"), "config", "-q"],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_profiles_estimate_and_report(tmp_path: Path) -> None:
+    listing = fedmq("profiles")
+    assert (
+        listing.returncode == 0 and "nbiot-modem" in listing.stdout and "264 b/s" in listing.stdout
+    )
+    shown = fedmq("profiles", "show", "nbiot-modem")
+    assert shown.returncode == 0 and "Electronics 10:2224" in shown.stdout
+    est = fedmq("estimate", "--fleet", "esp32s3-wifi:2,ltem-modem:1", "--rounds", "4", "--json")
+    assert est.returncode == 0, est.stderr
+    data = json.loads(est.stdout)
+    for key in ("estimated_bytes_up", "estimated_bytes_down", "naive_bytes",
+                "round_bound_seconds"):  # fmt: skip
+        assert key in data
+    assert len(data["round_bound_seconds"]) == 4 and data["clients"] == 3
+    assert data["naive_bytes"] == 4 * 3 * 4 * 9610  # W x C x R, fp32
+    human = fedmq("estimate", "--rounds", "4")
+    assert human.returncode == 0 and "naive" in human.stdout
+    run = fedmq("run", "--fleet", "esp32s3-wifi:2,pi4-ethernet:1", "--rounds", "2",
+                "--out", str(tmp_path / "r"))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "fedmq estimate" in run.stdout and "link-limited bound" in run.stdout
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(summary["round_seconds"]) == len(summary["round_bound_seconds"]) == 2
+    for png in ("bytes.png", "round_time.png"):
+        (tmp_path / "r" / png).unlink()
+    report = fedmq("report", str(tmp_path / "r"))
+    assert report.returncode == 0 and (tmp_path / "r" / "bytes.png").exists()
+    assert (tmp_path / "r" / "round_time.png").stat().st_size > 10_000
+
+
+def test_a_model_too_big_for_a_device_is_refused() -> None:
+    proc = fedmq("estimate", "--fleet", "nano33ble-ble:2", "--model", "cnn")
+    assert proc.returncode == 2
+    assert "nano33ble-ble" in proc.stderr and "38,282 parameters" in proc.stderr
+    assert "256 KiB" in proc.stderr
+    lora = fedmq("estimate", "--fleet", "lorawan-sf7:1")
+    assert lora.returncode == 2 and "222 B" in lora.stderr

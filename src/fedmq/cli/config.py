@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedmq.codec import MIN_PAYLOAD
 from fedmq.errors import ConfigError
 
 
@@ -43,8 +44,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.clients < 1 or self.rounds < 1:
             raise ConfigError("clients and rounds must be at least 1")
-        if self.max_payload < 2048:
-            raise ConfigError(f"max_payload must be at least 2048 bytes, got {self.max_payload}")
+        if self.max_payload < MIN_PAYLOAD:
+            raise ConfigError(
+                f"max_payload must be at least {MIN_PAYLOAD} bytes (a chunk's header bound plus "
+                f"one aligned block), got {self.max_payload}"
+            )
         if self.threads < 1:
             raise ConfigError("threads must be at least 1")
 

@@ -68,6 +68,12 @@ def prepare(cfg: RunConfig) -> Setup:
     if cfg.fleet:
         fleet = parse_fleet(cfg.fleet)
         profiles = list(fleet)
+        for p in fleet:
+            if p.link.max_payload < MIN_PAYLOAD:
+                raise ConfigError(
+                    f"profile {p.name}: its link carries at most {p.link.max_payload} B per "
+                    f"message, below the {MIN_PAYLOAD} B a fedmq chunk needs (header included)"
+                )
         smallest = min(p.link.max_payload for p in fleet)
         cfg = replace(cfg, clients=len(fleet), max_payload=min(cfg.max_payload, smallest))
     else:
@@ -82,11 +88,6 @@ def prepare(cfg: RunConfig) -> Setup:
                 f"{format_bytes(need)} to train (weights, gradients, momentum, the global copy "
                 f"and batch-{cfg.batch_size} activations) but the device has "
                 f"{format_bytes(p.ram_bytes)}"
-            )
-        if p.link.max_payload < MIN_PAYLOAD:
-            raise ConfigError(
-                f"profile {p.name}: its link carries at most {p.link.max_payload} B per message, "
-                f"below the {MIN_PAYLOAD} B a fedmq chunk needs (header included)"
             )
     shards = partition(train.y, cfg.clients, PartitionSpec.parse(cfg.partition), seed=cfg.seed)
     codecs = [cfg.codec or (p.codec if p is not None else DEFAULT_CODEC) for p in profiles]

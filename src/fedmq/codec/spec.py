@@ -100,14 +100,14 @@ class CodecSpec:
     @classmethod
     def parse(cls, text: str) -> CodecSpec:
         """The spec `text` names; CodecError, naming the valid forms, if it names none."""
-        if isinstance(text, str) and cls is CodecSpec:
-            return _parse(text)  # specs are immutable: every chunk's encoding parses once
-        return cls._parse(text)
+        if not isinstance(text, str):
+            raise CodecError(f"non-text codec spec {text!r}; valid: {_valid()}")
+        return _parse(text)  # specs are immutable: a chunk's encoding text is parsed once
 
     @classmethod
     def _parse(cls, text: str) -> CodecSpec:
-        if not isinstance(text, str) or not text:
-            raise CodecError(f"empty or non-text codec spec {text!r}; valid: {_valid()}")
+        if not text:
+            raise CodecError(f"empty codec spec; valid: {_valid()}")
         parsed: list[tuple[Stage, str | None]] = []
         for token in text.split("+"):
             name, sep, arg = token.partition(":")

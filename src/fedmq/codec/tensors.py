@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +56,11 @@ def shuffle(raw: bytes, itemsize: int) -> bytes:
 def unshuffle(raw: bytes, itemsize: int) -> bytes:
     if itemsize == 1:
         return raw
-    return np.frombuffer(raw, dtype=np.uint8).reshape(itemsize, -1).T.tobytes()
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(itemsize, -1)
+    out = np.empty((planes.shape[1], itemsize), dtype=np.uint8)
+    for b in range(itemsize):  # one strided write per plane: ~4x faster than planes.T.tobytes()
+        out[:, b] = planes[b]
+    return out.tobytes()
 
 
 # ---- varints (unsigned LEB128, minimal) --------------------------------------------------------
@@ -134,7 +139,7 @@ def _store(values: F32, spec: CodecSpec, rng: np.random.Generator) -> tuple[byte
     """The value stage's raw bytes of `values` and the chunk's scale."""
     dtype = spec.dtype
     if dtype == "fp32":
-        return values.astype("<f4").tobytes(), 1.0
+        return values.astype("<f4", copy=False).tobytes(), 1.0
     if dtype == "fp16":
         with np.errstate(over="ignore"):
             half = values.astype("<f2")
@@ -215,7 +220,8 @@ def select_topk(values: F32, keep: int) -> npt.NDArray[np.intp]:
     mask = mag > threshold
     ties = np.flatnonzero(mag == threshold)[: keep - int(np.count_nonzero(mask))]
     mask[ties] = True
-    return nonzero[mask]
+    kept: npt.NDArray[np.intp] = nonzero[mask]
+    return kept
 
 
 def _index_bytes(idx: npt.NDArray[np.intp], n: int) -> tuple[int, bytes]:
@@ -297,29 +303,28 @@ class _Contexts(threading.local):
 _CONTEXTS = _Contexts()
 
 
-def _zstd(sections: list[bytes]) -> bytes:
+def _zstd(sections: Sequence[bytes | memoryview]) -> bytes:
     """One zstd frame (content size declared) of the sections joined, a block ending after each.
 
     The frame's content is just the joined bytes; ending a block at every byte plane gives each
     plane its own literal (Huffman) table, which the shuffle is for: a 128 KiB fp32 chunk of
     deltas compresses 1.18x instead of 1.10x when its four planes shared one block.
     """
-    total = sum(len(part) for part in sections)
+    total = sum(memoryview(part).nbytes for part in sections)
     cobj = _CONTEXTS.compressor.compressobj(size=total)
     out = []
     for part in sections:
-        if part:
+        if memoryview(part).nbytes:
             out.append(cobj.compress(part))
             out.append(cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
     out.append(cobj.flush())
     return b"".join(out)
 
 
-def _planes(stored: bytes, width: int) -> list[bytes]:
-    """The byte planes of the shuffle: all first bytes, then all second bytes..."""
-    shuffled = shuffle(stored, width)
-    n = len(stored) // width
-    return [shuffled[b * n : (b + 1) * n] for b in range(width)]
+def _planes(stored: bytes, width: int) -> list[memoryview]:
+    """The byte planes of the shuffle (all first bytes, then all second bytes...), no copies."""
+    shuffled = np.ascontiguousarray(np.frombuffer(stored, dtype=np.uint8).reshape(-1, width).T)
+    return [memoryview(plane) for plane in shuffled]
 
 
 def _parts(
@@ -373,13 +378,12 @@ def encode_chunk(
     values = _check_input(values)
     gen = rng if rng is not None else np.random.default_rng(SEED)
     head, stored, scale, used = _parts(values, spec, gen, fallback=True)
-    raw = head + stored
-    if not used.zstd:
-        return raw, scale, used
-    frame = _zstd([head, *_planes(stored, used.shuffle_width)])
-    if len(frame) < len(raw):
-        return frame, scale, used
-    return raw, scale, used.raw
+    if used.zstd:
+        frame = _zstd([head, *_planes(stored, used.shuffle_width)])
+        if len(frame) < len(head) + len(stored):
+            return frame, scale, used
+        used = used.raw
+    return head + stored, scale, used
 
 
 # ---- decoding ---------------------------------------------------------------------------------
