@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -84,6 +85,7 @@ async def run_federated(
             url, broker_name = broker.url, "embedded amqtt"
         address = parse_broker_url(url)
         edges = []
+        slots = asyncio.Semaphore(os.cpu_count() or 1)
         for i, profile in enumerate(setup.profiles):
             edge_url = url
             if profile is not None:
@@ -103,6 +105,7 @@ async def run_federated(
                         publish_timeout=max(60.0, round_timeout),
                     ),
                     data=setup.train.subset(setup.shards[i]),
+                    train_slots=slots,
                 )
             )
         cloud = CloudNode(

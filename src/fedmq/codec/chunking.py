@@ -84,11 +84,12 @@ def split_vector(
     count = max(1, math.ceil(flat.size / elems))
     if count > limits.max_chunks:
         raise LimitExceeded(f"{count} chunks > max_chunks {limits.max_chunks}; raise max_payload")
-    gen = rng if rng is not None else np.random.default_rng(SEED)
+    if rng is None and spec.stochastic:
+        rng = np.random.default_rng(SEED)  # one stream over all chunks, not one per chunk
     payloads: list[bytes] = []
     for index in range(count):
         part = flat[index * elems : (index + 1) * elems]
-        data, scale, used = encode_chunk(part, spec, rng=gen)
+        data, scale, used = encode_chunk(part, spec, rng=rng)
         if decoded is not None:
             decoded[index * elems : index * elems + part.size] = decode_values(
                 data, used, part.size, scale

@@ -7,6 +7,7 @@ pings and acks while PyTorch works; message callbacks only decode and record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -91,8 +92,12 @@ class EdgeNode:
         data: Dataset | None = None,
         limits: Limits | None = None,
         meter: ByteMeter | None = None,
+        train_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.config = config
+        # Edges sharing one process share its cores: more training threads than cores only
+        # fight over the GIL and starve the event loop that carries everyone's MQTT traffic.
+        self._slots = train_slots
         self.limits = limits or Limits()
         self.meter = meter or ByteMeter()
         self.topics = Topics(config.job)
@@ -299,14 +304,16 @@ class EdgeNode:
             lr=task.lr,
             momentum=task.momentum,
         )
-        result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
-        compute_seconds = result.seconds
+        started = time.monotonic()
+        async with self._slots or contextlib.nullcontext():
+            result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
+        compute_seconds = elapsed = time.monotonic() - started
         if self.config.compute_flops > 0:
             cost = training_cost(job.model, data.x.shape[1], data.num_classes, data.feature_shape)
             emulated = cost.flops_per_sample * result.num_samples * cfg.local_epochs
             compute_seconds = emulated / self.config.compute_flops
-            if compute_seconds > result.seconds:  # a faster device than this host cannot be shown
-                await asyncio.sleep(compute_seconds - result.seconds)
+            if compute_seconds > elapsed:  # a device faster than this host cannot be shown
+                await asyncio.sleep(compute_seconds - elapsed)
         if self._task is not None and self._task.round != task.round:
             self.dropped_late += 1
             log.warning(
@@ -322,7 +329,7 @@ class EdgeNode:
             sender=self.config.node_id, role="update", round=task.round, version=task.version,
             num_samples=result.num_samples,
             metrics={"loss": result.loss, "accuracy": result.accuracy,
-                     "seconds": max(result.seconds, compute_seconds)},
+                     "seconds": max(elapsed, compute_seconds)},
         )  # fmt: skip
         topic = self.topics.update(self.config.node_id)
         await session.publish_all([(topic, p) for p in payloads])
