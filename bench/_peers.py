@@ -41,7 +41,8 @@ def to_arrays(flat: np.ndarray, layout: Layout) -> list[np.ndarray]:
 def to_state_dict(flat: np.ndarray, layout: Layout) -> OrderedDict[str, torch.Tensor]:
     """A PyTorch state dict holding the update, as FedML's trainer returns it."""
     arrays = to_arrays(flat, layout)
-    return OrderedDict((name, torch.from_numpy(a.copy())) for (name, _), a in zip(layout, arrays))
+    pairs = zip(layout, arrays, strict=True)
+    return OrderedDict((name, torch.from_numpy(a.copy())) for (name, _), a in pairs)
 
 
 def flatten(parts: Sequence[np.ndarray] | Sequence[torch.Tensor]) -> np.ndarray:
@@ -61,7 +62,7 @@ def _pickle_encode(state: object) -> list[bytes]:
 
 
 def _pickle_decode(blobs: list[bytes]) -> np.ndarray:
-    state = pickle.loads(blobs[0])  # noqa: S301 - our own bytes, as FedML does
+    state = pickle.loads(blobs[0])  # our own bytes, as FedML does
     return flatten([t.numpy() for t in state.values()])
 
 

@@ -10,7 +10,8 @@ chunked path: `split_vector` at --max-payload (128 KiB), then `decode` of every 
 update as their framework holds it, with no envelope.
 
 Per input and codec: bytes on the wire, ratio vs raw fp32 (4 bytes x parameters), encode and
-decode MB/s (MB of float32 input per second, median of --repeats timed repeats), relative L2
+decode MB/s (MB of float32 input per second, median of --repeats timed repeats, taken
+round-robin over all codecs so that load on the shared machine hits them alike), relative L2
 error ||x - y|| / ||x|| and whether decoding is bit-exact. The machine is shared: read medians
 and same-run ratios, not single absolute numbers.
 """
@@ -27,8 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
 from _peers import PEERS, Layout, Peer
+
 from fedmq.codec import CodecSpec, TensorChunk, assemble, decode, split_vector
 
 CODECS = [
@@ -109,26 +110,48 @@ def synthetic_input(size: int, seed: int) -> Input:
     return Input(f"synthetic-{size / 1e6:g}M", shapes, [delta.astype(np.float32)])
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of one call over `repeats` timed batches (batches of >= 20 ms)."""
-    t0 = time.perf_counter()
-    fn()  # warm-up, and the calibration of the batch size
-    once = max(time.perf_counter() - t0, 1e-6)
-    inner = max(1, int(0.02 / once))
-    times = []
-    for _ in range(repeats):
+@dataclass
+class Job:
+    """One codec on one input, prepared: what to time, and the batch size of each timing."""
+
+    input: Input
+    codec: Peer
+    peer: bool
+    calls: list[tuple[Callable[[], object], Callable[[], object]]]  # (encode, decode) per delta
+    inner: int = 1  # calls per timed batch (>= 20 ms a batch)
+    enc: list[float] | None = None  # seconds per delta, one per repeat
+    dec: list[float] | None = None
+
+
+def time_round_robin(jobs: list[Job], repeats: int) -> None:
+    """Median-ready timings: repeat r of every job runs before repeat r+1 of any.
+
+    The machine is shared: interleaving spreads load spikes over all codecs alike, so
+    same-run ratios (fedmq codec vs pickle+gzip) stay fair.
+    """
+    for job in jobs:  # warm-up and batch size
         t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
+        for enc, dec in job.calls:
+            enc()
+            dec()
+        job.inner = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-6)))
+        job.enc, job.dec = [], []
+    for _ in range(repeats):
+        for job in jobs:
+            assert job.enc is not None and job.dec is not None
+            for side, times in ((0, job.enc), (1, job.dec)):
+                t0 = time.perf_counter()
+                for _ in range(job.inner):
+                    for pair in job.calls:
+                        pair[side]()
+                times.append((time.perf_counter() - t0) / job.inner)
 
 
 def fedmq_codec(text: str, max_payload: int, seed: int) -> Peer:
     spec = CodecSpec.parse(text)
 
     def encode(flat: object) -> list[bytes]:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if spec.stochastic else None  # a caller makes one
         return split_vector(flat, spec, max_payload=max_payload, rng=rng, **IDS)  # type: ignore[arg-type]
 
     def decode_all(payloads: list[bytes]) -> np.ndarray:
@@ -137,23 +160,34 @@ def fedmq_codec(text: str, max_payload: int, seed: int) -> Peer:
     return Peer(text, lambda flat, _: flat, encode, decode_all)
 
 
-def measure(inp: Input, codec: Peer, repeats: int, peer: bool) -> Row:
-    raw_bytes, sizes, enc_t, dec_t, err2, norm2, exact = 0, [], 0.0, 0.0, 0.0, 0.0, True
+def prepare(inp: Input, codec: Peer, peer: bool) -> Job:
+    calls = []
     for delta in inp.deltas:
         held = codec.prepare(delta, inp.layout)
         blobs = codec.encode(held)
+        calls.append(
+            (lambda h=held: codec.encode(h), lambda b=blobs: codec.decode(b))  # type: ignore[misc]
+        )
+    return Job(inp, codec, peer, calls)
+
+
+def result(job: Job) -> Row:
+    inp, codec = job.input, job.codec
+    raw_bytes, sizes, err2, norm2, exact = 0, [], 0.0, 0.0, True
+    for delta in inp.deltas:
+        blobs = codec.encode(codec.prepare(delta, inp.layout))
         out = codec.decode(blobs)
-        enc_t += timed(lambda held=held: codec.encode(held), repeats)
-        dec_t += timed(lambda blobs=blobs: codec.decode(blobs), repeats)
         raw_bytes += delta.nbytes
         sizes.append(sum(len(b) for b in blobs))
         diff = out.astype(np.float64) - delta.astype(np.float64)
         err2 += float(diff @ diff)
         norm2 += float(delta.astype(np.float64) @ delta.astype(np.float64))
         exact = exact and out.dtype == np.float32 and out.tobytes() == delta.tobytes()
+    assert job.enc and job.dec
+    enc_t, dec_t = statistics.median(job.enc), statistics.median(job.dec)
     mb = raw_bytes / 1e6
     return Row(
-        input=inp.name, codec=codec.name, peer=peer, params=inp.deltas[0].size,
+        input=inp.name, codec=codec.name, peer=job.peer, params=inp.deltas[0].size,
         bytes=round(statistics.mean(sizes)), ratio=raw_bytes / sum(sizes),
         encode_mbs=mb / enc_t, decode_mbs=mb / dec_t, roundtrip_mbs=mb / (enc_t + dec_t),
         rel_l2=(err2 / norm2) ** 0.5 if norm2 else 0.0, bit_exact=exact,
@@ -218,23 +252,29 @@ def plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    floor = 1e-8  # bit-exact codecs have no error; draw them on a floor line
-    fig, ax = plt.subplots(figsize=(9, 6))
-    markers = dict(zip(dict.fromkeys(r.input for r in rows), "osD^v"))
-    for inp, marker in markers.items():
-        mine = [r for r in rows if r.input == inp]
-        xs = [max(r.rel_l2, floor) for r in mine]
-        ax.scatter(xs, [r.ratio for r in mine], marker=marker, label=inp, alpha=0.8,
-                   c=["tab:gray" if r.peer else "tab:blue" for r in mine])  # fmt: skip
-        if inp == next(iter(markers)):
-            for r, x in zip(mine, xs):
-                ax.annotate(r.codec, (x, r.ratio), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")  # fmt: skip
+    floor = 1e-6  # bit-exact codecs have no error; draw them on a floor line
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    inputs = list(dict.fromkeys(r.input for r in rows))
+    looks = [("o", "tab:blue"), ("s", "tab:orange"), ("D", "tab:green"), ("^", "tab:purple")]
+    styles = {inp: looks[i % len(looks)] for i, inp in enumerate(inputs)}
+    labelled = inputs[min(1, len(inputs) - 1)]  # annotate one input's points, not all
+    for inp, (marker, colour) in styles.items():
+        for peer in (False, True):
+            mine = [r for r in rows if r.input == inp and r.peer is peer]
+            xs = [max(r.rel_l2, floor) for r in mine]
+            ax.scatter(xs, [r.ratio for r in mine], marker=marker, alpha=0.8,
+                       c="tab:gray" if peer else colour,
+                       label=f"{inp}{' (peers)' if peer else ''}")  # fmt: skip
+            if inp == labelled:
+                for r, x in zip(mine, xs, strict=True):
+                    ax.annotate(r.codec, (x, r.ratio), fontsize=7, xytext=(4, -3),
+                                textcoords="offset points")  # fmt: skip
     ax.axvline(floor, color="k", lw=0.5, ls=":")
-    ax.set(xscale="log", yscale="log", xlabel="relative L2 error (bit-exact drawn at 1e-8)",
-           ylabel="compression ratio vs raw fp32",
-           title="fedmq codecs (blue) and peers' formats (grey)")  # fmt: skip
-    ax.legend(title="input (markers)")
+    ax.set(xscale="log", yscale="log", xlabel=f"relative L2 error (bit-exact drawn at {floor:g})",
+           ylabel="compression ratio vs raw fp32 (envelopes included for fedmq)",
+           title="fedmq codecs vs peers' formats: size against error (labels: "
+           f"{labelled})")  # fmt: skip
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, which="both", lw=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -242,7 +282,7 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats; median (>= 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats; median (>= 5)")
     parser.add_argument("--clients", type=int, default=3, help="digits clients per model")
     parser.add_argument("--synthetic", type=int, default=1_000_000, help="synthetic delta size")
     parser.add_argument("--max-payload", type=int, default=128 * 1024)
@@ -255,14 +295,15 @@ def main() -> None:
     print("making deltas (digits mlp + cnn, one round of local training)...", file=sys.stderr)
     inputs = [*digits_inputs(args.clients, args.seed), synthetic_input(args.synthetic, args.seed)]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    rows = []
+    jobs = []
     for inp in inputs:
         print(f"{inp.name}: {len(inp.deltas)} x {inp.deltas[0].size:,} params", file=sys.stderr)
         for text in codecs:
-            rows.append(measure(inp, fedmq_codec(text, args.max_payload, args.seed),
-                                args.repeats, peer=False))  # fmt: skip
-        for peer in PEERS:
-            rows.append(measure(inp, peer, args.repeats, peer=True))
+            jobs.append(prepare(inp, fedmq_codec(text, args.max_payload, args.seed), False))
+        jobs.extend(prepare(inp, peer, True) for peer in PEERS)
+    print(f"timing {len(jobs)} codec x input pairs, {args.repeats} rounds...", file=sys.stderr)
+    time_round_robin(jobs, args.repeats)
+    rows = [result(job) for job in jobs]
     print(table(rows))
     print()
     for text in checks(rows):

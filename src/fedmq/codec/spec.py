@@ -31,7 +31,7 @@ _DECIMAL = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 class Stage:
     name: str
     kind: str  # one of KINDS
-    help: str  # one line for `fedmq codecs`
+    help: str  # what it does, in one line
     bits: int = 0  # value stages only: bits one stored value takes (int4: 4, sign: 1)
     arg: str = "none"  # "none" | "optional" (int8:sr) | "required" (topk:FRACTION)
     lossless: bool = False  # value stages only: decodes bit-exactly
@@ -216,20 +216,19 @@ def _exact(fraction: float) -> Fraction:
 
 def codec_names() -> list[tuple[str, str]]:
     """(example spec, one-line description) for every codec family; every example parses."""
-    zstd = STAGES["zstd"].help
     return [
         ("fp32", "float32, lossless; 4 B/value"),
-        ("fp32+zstd", f"float32, lossless; {zstd} (append +zstd to any codec)"),
-        ("fp16+zstd", f"{STAGES['fp16'].help}; 2 B/value before zstd"),
-        ("bf16+zstd", f"{STAGES['bf16'].help}; 2 B/value before zstd"),
-        ("int8+zstd", f"{STAGES['int8'].help}, round to nearest; 1 B/value before zstd"),
+        ("fp32+zstd", "lossless; +zstd (byte-shuffle, zstd level 3) goes last in any codec"),
+        ("fp16+zstd", "IEEE half, round to nearest even; 2 B/value before zstd"),
+        ("bf16+zstd", "bfloat16 (top half of float32), round to nearest even; 2 B/value"),
+        ("int8+zstd", "int8, symmetric absmax scale per chunk, round to nearest; 1 B/value"),
         ("int8:sr+zstd", "int8 with stochastic rounding (unbiased, seeded); 1 B/value"),
-        ("int4+zstd", f"{STAGES['int4'].help}, round to nearest; 2 values/byte"),
-        ("int4:sr+zstd", "int4 with stochastic rounding (unbiased, seeded); 2 values/byte"),
-        ("sign+zstd", STAGES["sign"].help),
+        ("int4+zstd", "int4, symmetric absmax scale per chunk, round to nearest; 0.5 B/value"),
+        ("int4:sr+zstd", "int4 with stochastic rounding (unbiased, seeded); 0.5 B/value"),
+        ("sign+zstd", "1 bit/value (the sign) and one scale per chunk: mean |x|"),
         (
             "topk:0.01+int8+zstd",
-            "top-k: keep the largest |x| FRACTION in (0, 1] of each chunk, indices as "
-            "gap varints or a bitmap; then any value stage",
+            "top-k: only the largest-|x| FRACTION of each chunk, with compact indices, "
+            "then any value stage",
         ),
     ]

@@ -26,8 +26,8 @@ U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 
 ZSTD_LEVEL = 3
-# Largest zstd window a decoder accepts (windowLog 23). Our encoder writes single-shot frames whose
-# window is at most the content size (<= 4 MiB); a streaming encoder at level <= 19 stays under it.
+# Largest zstd window a decoder accepts (windowLog 23). Our frames declare their content size, so
+# zstd sizes the window to it: at most 2 MiB at level 3 even for a 4 MiB chunk.
 MAX_WINDOW = 1 << 23
 # Levels of the symmetric quantisers: q in [-LEVELS, LEVELS]; decoders also accept -LEVELS - 1.
 LEVELS = {"int8": 127, "int4": 7}
