@@ -201,7 +201,7 @@ def bit_flip(rng: random.Random, data: bytes, _: list[bytes]) -> bytes:
     if not data:
         return data
     out = bytearray(data)
-    for _ in range(rng.randint(1, 8)):
+    for _flip in range(rng.randint(1, 8)):
         i = rng.randrange(len(out))
         out[i] ^= 1 << rng.randrange(8)
     return bytes(out)
@@ -211,7 +211,7 @@ def byte_set(rng: random.Random, data: bytes, _: list[bytes]) -> bytes:
     if not data:
         return data
     out = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
+    for _byte in range(rng.randint(1, 4)):
         out[rng.randrange(len(out))] = rng.choice((*INTERESTING_BYTES, rng.randrange(256)))
     return bytes(out)
 
@@ -309,7 +309,7 @@ def field_edit(rng: random.Random, data: bytes, _: list[bytes]) -> bytes:
     except Exception:
         return bit_flip(rng, data, [])
     if not isinstance(body, dict) or not body:
-        return msgpack.packb(random_value(rng), use_bin_type=True)
+        return bytes(msgpack.packb(random_value(rng), use_bin_type=True))
     if body.get("k") == "chunk" and rng.random() < 0.5:
         _chunk_edit(rng, body)
     else:
@@ -389,7 +389,8 @@ def zstd_stream(total: int, *, declare: bool) -> bytes:
 
 
 def _header_map(key: str, value: bytes) -> bytes:
-    return (
+    """{"v": 1, "k": "job", key: <value, already packed>}"""
+    return bytes(
         b"\x83"
         + msgpack.packb("v")
         + b"\x01"
@@ -564,7 +565,7 @@ def _instrument_codec(atheris: Any) -> int:
 
 
 def run_atheris(pool: list[bytes], cases: int, seed: int, save: str | None) -> None:
-    import atheris  # type: ignore[import-not-found]
+    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     def one_input(data: bytes) -> None:
         check(data)  # a non-FedmqError propagates: atheris reports it and saves the input

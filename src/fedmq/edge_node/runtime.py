@@ -18,6 +18,7 @@ import numpy as np
 from fedmq.codec import (
     CodecSpec,
     Control,
+    ErrorFeedback,
     JobSpec,
     Limits,
     RoundTask,
@@ -119,6 +120,7 @@ class EdgeNode:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_round = 0
+        self._feedback: ErrorFeedback | None = None
         if config.shard is None and data is None and shard_from_id(config.node_id) is None:
             raise ConfigError(
                 f"edge {config.node_id!r}: give --shard N, or a name ending in a number (edge-3)"
@@ -152,6 +154,7 @@ class EdgeNode:
             raise ProtocolError(f"job spec for {job.job!r} on the topic of {self.config.job!r}")
         if job != self._job:
             self._job, self._data, self._last_round = job, None, 0
+            self._feedback = None
             self._wake.set()
 
     def _on_task(self, task: RoundTask) -> None:
@@ -322,15 +325,24 @@ class EdgeNode:
                 task.round,
             )
             return
+        spec = CodecSpec.parse(self.config.codec or task.codec)
         delta = result.flat - base
+        decoded: np.ndarray | None = None
+        if spec.lossy:
+            # Error feedback: what the lossy codec drops this round is sent in later rounds.
+            if self._feedback is None or self._feedback.size != delta.size:
+                self._feedback = ErrorFeedback(delta.size)
+            delta = self._feedback.compensate(delta)
+            decoded = np.empty_like(delta)
         payloads = split_vector(
-            delta, CodecSpec.parse(self.config.codec or task.codec),
-            max_payload=job.max_payload, job=job.job,
+            delta, spec, max_payload=job.max_payload, job=job.job,
             sender=self.config.node_id, role="update", round=task.round, version=task.version,
-            num_samples=result.num_samples,
+            num_samples=result.num_samples, rng=np.random.default_rng(seed), decoded=decoded,
             metrics={"loss": result.loss, "accuracy": result.accuracy,
                      "seconds": max(elapsed, compute_seconds)},
         )  # fmt: skip
+        if self._feedback is not None and decoded is not None:
+            self._feedback.update(decoded)
         topic = self.topics.update(self.config.node_id)
         await session.publish_all([(topic, p) for p in payloads])
         self.rounds_trained += 1
