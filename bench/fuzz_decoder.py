@@ -247,7 +247,12 @@ def splice(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
-    """A msgpack-encodable value of any type, biased to the edges of each."""
+    """A msgpack-encodable value of any type, biased to the edges of each.
+
+    Long strings and bins only at the top, wide lists only of small leaves: the packed value
+    stays under about 1 MiB (the generator must not be what runs out of memory).
+    """
+    top = depth == 0
     kind = rng.randrange(10 if depth < 3 else 7)
     if kind == 0:
         return rng.choice((None, True, False))
@@ -256,21 +261,20 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 2:
         return rng.choice((*INTERESTING_FLOATS, rng.uniform(-1e9, 1e9)))
     if kind == 3:
-        n = rng.choice((0, 1, 15, 127, 128, 129, 1000, 70_000))
+        n = rng.choice((0, 1, 15, 127, 128, 129, *((1000, 70_000) if top else ())))
         alphabet = rng.choice(("abc", "é€😀", "a/+#", "a\x00", "fp32+zstd"))
         return ("".join(rng.choices(alphabet, k=64)) * (n // 64 + 1))[:n]
     if kind == 4:
-        return rng.randbytes(rng.choice((0, 1, 15, 16, 17, 64, 1000, 100_000)))
+        return rng.randbytes(rng.choice((0, 1, 15, 16, 17, 64, *((1000, 100_000) if top else ()))))
     if kind == 5:
         return msgpack.ExtType(rng.randrange(128), rng.randbytes(rng.randrange(20)))
     if kind == 6:
         return rng.choice(("fp32", "int8+zstd", "zstd+fp32", "fp32+", "fp32:1", "", "update"))
     if kind == 7:
         n = rng.choice((0, 1, 2, 3, 8, 9, 100, 5000))
-        item = random_value(rng, depth + 1)
-        if rng.random() < 0.5:
-            return [item] * n  # repeated: wide but cheap to build
-        return [random_value(rng, depth + 1) for _ in range(min(n, 20))]
+        if n > 9:  # wide: one small leaf repeated
+            return [random_value(rng, 3)] * n
+        return [random_value(rng, depth + 1) for _ in range(n)]
     if kind == 8:
         keys = (*("v", "k", "job", "data", "digest", "metrics"), *("x" * i for i in range(3)))
         return {rng.choice(keys): random_value(rng, depth + 1) for _ in range(rng.randrange(20))}
@@ -460,6 +464,8 @@ class Tally:
     peak: int = 0  # bytes, the largest tracemalloc peak of one case
     peak_case: str = ""
     peaks: list[int] = dataclasses.field(default_factory=list)
+    slowest: float = 0.0  # seconds, the slowest check of one case
+    slowest_case: str = ""
 
 
 def _values(chunk: TensorChunk) -> str:
@@ -493,11 +499,15 @@ def run_one(tally: Tally, label: str, payload: bytes, mem_limit: int) -> str:
     """Check one payload, count its outcome and its peak allocation; returns the outcome."""
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
     try:
         outcome, refixed = check(payload)
     except Exception as exc:  # the property under test: nothing but FedmqError escapes
         outcome, refixed = "FINDING", None
         tally.findings.append((label, f"{type(exc).__name__}: {exc}"[:300], payload))
+    seconds = time.perf_counter() - t0
+    if seconds > tally.slowest:
+        tally.slowest, tally.slowest_case = seconds, label
     peak = tracemalloc.get_traced_memory()[1] - base
     tally.peaks.append(peak)
     if peak > tally.peak:
@@ -526,6 +536,7 @@ def report(title: str, tally: Tally, seconds: float, n: int) -> None:
         f" p99 {np.percentile(peaks, 99) / 1024:.1f} KiB, max {tally.peak / MiB:.2f} MiB"
         f" ({tally.peak_case})"
     )
+    print(f"slowest case: {tally.slowest * 1000:.1f} ms ({tally.slowest_case}), tracemalloc on")
     print(f"findings: {len(tally.findings)}")
     for label, what, payload in tally.findings[:20]:
         print(f"  - {label}: {what} (payload {len(payload)} bytes: {payload[:40].hex()}...)")
@@ -605,7 +616,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mem-limit", type=float, default=64.0, help="MiB per case (a finding)")
+    ap.add_argument(
+        "--mem-limit",
+        type=float,
+        default=32.0,
+        help="MiB one case may allocate before it is a finding (default 32: 8x the 4 MiB of the"
+        " largest legal chunk)",
+    )
     ap.add_argument("--case", type=int, help="replay only mutated case number CASE")
     ap.add_argument("--save", metavar="DIR", help="write findings' payloads (or --case) here")
     ap.add_argument("--no-crafted", action="store_true", help="skip the hand-crafted cases")

@@ -86,6 +86,7 @@ async def test_estimate_is_exact_for_fixed_size_codecs(broker_url: str, tmp_path
         local_epochs=1,
         codec="fp32",
         downlink_codec="fp32",
+        delta_codec="fp32",
         broker=broker_url,
         job="est",
         out=str(tmp_path / "run"),

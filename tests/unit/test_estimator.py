@@ -40,6 +40,7 @@ def plan(edges: tuple[EdgePlan, ...], rounds: int = 3) -> Plan:
         deadline_s=60,
         task_codec="fp32",
         downlink_codec="fp32",
+        delta_codec="fp32",
         flops_per_sample=1000.0,
     )
 
@@ -67,12 +68,13 @@ def _model_and_task(rnd: int, selected: tuple[str, ...], model: np.ndarray) -> i
         max_payload=4096,
         job="j",
         sender="cloud",
-        role="model",
+        role="model" if rnd == 1 else "delta",  # round 1: the full model; then its changes
         round=rnd,
         version=rnd - 1,
     )
     assert len(pubs) > 1  # 4000 B of values over 4096 B messages with their headers
-    down = sum(mq.publish_size(f"fedmq/j/model/{i}", len(p)) for i, p in enumerate(pubs))
+    kind = "model" if rnd == 1 else "delta"
+    down = sum(mq.publish_size(f"fedmq/j/{kind}/{i}", len(p)) for i, p in enumerate(pubs))
     return down + mq.publish_size("fedmq/j/task", len(encode(task))), len(pubs)
 
 
@@ -97,7 +99,8 @@ def test_round_bytes_add_up_by_hand() -> None:
     model = np.zeros(1000, dtype=np.float32)
     est = estimate(
         plan(edges),
-        models=[model],
+        full_model=model,
+        changes=[model],
         deltas=[{e.node_id: model for e in edges}],
         select=everyone,
     )
@@ -119,7 +122,8 @@ def test_time_bound_is_the_slowest_selected_edge() -> None:
     model = np.zeros(1000, dtype=np.float32)
     est = estimate(
         plan(edges, rounds=1),
-        models=[model],
+        full_model=model,
+        changes=[model],
         deltas=[{e.node_id: model for e in edges}],
         select=everyone,
     )
@@ -146,7 +150,8 @@ def test_sampling_is_replayed() -> None:
     model = np.zeros(1000, dtype=np.float32)
     est = estimate(
         plan(edges),
-        models=[model],
+        full_model=model,
+        changes=[model],
         deltas=[{e.node_id: model for e in edges}],
         select=half,
     )

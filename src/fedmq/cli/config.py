@@ -30,7 +30,8 @@ class RunConfig:
     quorum: float = 0.5  # share of sampled edges that must deliver for a round to count
     seed: int = 0
     codec: str = ""  # uplink codec (`fedmq codecs`); empty: each profile's, else fp32+zstd
-    downlink_codec: str = "fp32+zstd"  # global-model codec (lossless keeps nodes in step)
+    downlink_codec: str = "fp32+zstd"  # the full global model, fetched once by joining edges
+    delta_codec: str = "int8+zstd"  # each round's change of the global model, to every edge
     max_payload: int = 128 * 1024  # bytes per MQTT message (managed brokers cap at 128-256 KiB)
     broker: str = ""  # mqtt://host:port of an external broker; empty starts the embedded one
     job: str = "digits"  # topic namespace fedmq/<job>/...

@@ -168,6 +168,7 @@ async def run_federated(
         "clients": cfg.clients,
         "codec": codecs[0] if len(codecs) == 1 else "mixed: " + ", ".join(codecs),
         "downlink_codec": cfg.downlink_codec,
+        "delta_codec": cfg.delta_codec,
         "broker": broker_name,
         "model": cfg.model,
         "num_params": int(result.final_flat.size),

@@ -33,7 +33,9 @@ HELP = {
     "seed": "seed of data split, model init, sampling and training (default 0)",
     "codec": "uplink codec, e.g. fp32, fp16+zstd, int8+zstd (`fedmq codecs`); default: each "
     "profile's own, else fp32+zstd",
-    "downlink_codec": "global-model codec (default fp32+zstd)",
+    "downlink_codec": "codec of the full global model, which joining edges fetch once "
+    "(default fp32+zstd)",
+    "delta_codec": "codec of each round's model change sent to every edge (default int8+zstd)",
     "max_payload": "largest MQTT message in bytes; models are chunked below it (default 131072)",
     "broker": "mqtt://HOST:PORT of an external broker (default: start an embedded one)",
     "job": "job name, the topic namespace fedmq/JOB/... (default digits)",
@@ -293,7 +295,7 @@ def cmd_codecs(args: argparse.Namespace) -> int:
     from fedmq.codec import codec_names
 
     for spec, description in codec_names():
-        print(f"  {spec:<16} {description}")
+        print(f"  {spec:<22} {description}")
     return 0
 
 

@@ -47,7 +47,8 @@ def summary_table(summary: dict[str, Any], out: str, stream: TextIO = sys.stdout
         ("bytes up (edges)", f"{summary['bytes_up']:,} B ({human_bytes(summary['bytes_up'])})"),
         ("bytes down (edges)",
          f"{summary['bytes_down']:,} B ({human_bytes(summary['bytes_down'])})"),
-        ("codec", f"{summary['codec']} up, {summary['downlink_codec']} down"),
+        ("codec", f"{summary['codec']} up; down: {summary.get('delta_codec', '?')} deltas, "
+                  f"{summary['downlink_codec']} full model"),
         ("model", f"{summary['model']} ({summary['num_params']:,} parameters)"),
         ("broker", summary["broker"]),
         ("rejected messages", str(summary["malformed_messages"])),

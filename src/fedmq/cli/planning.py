@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedmq.cli.config import RunConfig
-from fedmq.cloud_node import FedAvg
-from fedmq.codec import MIN_PAYLOAD, JobSpec
+from fedmq.cloud_node import FedAvg, FedAvgAggregator
+from fedmq.codec import MIN_PAYLOAD, CodecSpec, ErrorFeedback, JobSpec, split_vector
 from fedmq.errors import ConfigError
 from fedmq.tinyml_profiles import Profile, format_bytes, parse_fleet
 from fedmq.tinyml_profiles.estimator import EdgePlan, Estimate, Plan, estimate
@@ -130,24 +130,7 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
     tcfg = TrainConfig(
         local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum
     )
-    # The first rounds of the real workload, run ahead in-process (no run is measured): their
-    # updates and models teach the estimator how the codecs compress as training proceeds.
-    host_seconds = host_flops = 0.0
-    models, deltas = [initial], []
-    for rnd in range(1, min(cfg.rounds, cfg.sample_rounds) + 1):
-        base, updates = models[-1], {}
-        total, weighted = 0, np.zeros_like(base, dtype=np.float64)
-        for i, shard in enumerate(setup.shards):
-            result = train_local(
-                cfg.model, base, train.subset(shard), tcfg, seed=derive_seed(cfg.seed, rnd, i)
-            )
-            updates[setup.edge_id(i)] = result.flat - base
-            weighted += result.num_samples * updates[setup.edge_id(i)]
-            total += result.num_samples
-            host_seconds += result.seconds
-            host_flops += setup.cost.flops_per_sample * result.num_samples * cfg.local_epochs
-        deltas.append(updates)
-        models.append((base + weighted / max(total, 1)).astype(np.float32))
+    sample = _run_ahead(setup, initial, tcfg)
     edges = tuple(
         EdgePlan(setup.edge_id(i), len(setup.shards[i]), setup.codecs[i], setup.profiles[i])
         for i in range(cfg.clients)
@@ -163,8 +146,9 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
         deadline_s=round_timeout,
         task_codec=setup.task_codec,
         downlink_codec=cfg.downlink_codec,
+        delta_codec=cfg.delta_codec,
         flops_per_sample=setup.cost.flops_per_sample,
-        host_flops=host_flops / max(host_seconds, 1e-9),
+        host_flops=sample.host_flops,
     )
     strategy = FedAvg(fraction=cfg.fraction, min_clients=cfg.min_fit)
     rng = np.random.default_rng(cfg.seed)  # the cloud's sampling, replayed
@@ -172,7 +156,66 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
     def select(rnd: int, online: Sequence[str]) -> tuple[str, ...]:
         return strategy.select(rnd, list(online), rng)
 
-    return estimate(plan, models=models[: len(deltas)], deltas=deltas, select=select)
+    return estimate(plan, full_model=sample.full_model, changes=sample.changes,
+                    deltas=sample.sent, select=select)  # fmt: skip
+
+
+@dataclass
+class _Sample:
+    full_model: np.ndarray  # what joining edges download in round 1
+    changes: list[np.ndarray]  # the model change sent to every edge, rounds 2, 3, ...
+    sent: list[dict[str, np.ndarray]]  # what each edge encodes, rounds 1, 2, ...
+    host_flops: float  # this machine's training speed, measured on the way
+
+
+def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
+    """The first rounds of the real workload, in-process, exactly as the nodes compute them.
+
+    Training, error feedback, the cloud's aggregation and its delta against what edges hold:
+    the same arithmetic as a run, so the vectors the estimator sizes are the ones a run sends.
+    Nothing is taken from a run's measurements.
+    """
+    cfg = setup.cfg
+    held = np.empty_like(initial)
+    split_vector(initial, CodecSpec.parse(cfg.downlink_codec), max_payload=cfg.max_payload,
+                 job=cfg.job, sender="cloud", role="model", round=1, version=0,
+                 decoded=held)  # fmt: skip
+    view, model = held, initial.copy()
+    feedback: dict[str, ErrorFeedback] = {}
+    sample = _Sample(held, [], [], 0.0)
+    seconds = flops = 0.0
+    for rnd in range(1, min(cfg.rounds, cfg.sample_rounds) + 1):
+        aggregator = FedAvgAggregator(model)
+        sent: dict[str, np.ndarray] = {}
+        for i, shard in enumerate(setup.shards):
+            node, seed = setup.edge_id(i), derive_seed(cfg.seed, rnd, i)
+            result = train_local(cfg.model, view, setup.train.subset(shard), tcfg, seed=seed)
+            seconds += result.seconds
+            flops += setup.cost.flops_per_sample * result.num_samples * cfg.local_epochs
+            spec = CodecSpec.parse(setup.codecs[i])
+            delta = result.flat - view
+            if spec.lossy:
+                delta = feedback.setdefault(node, ErrorFeedback(delta.size)).compensate(delta)
+            decoded = np.empty_like(delta)
+            split_vector(delta, spec, max_payload=cfg.max_payload, job=cfg.job, sender=node,
+                         role="update", round=rnd, version=rnd - 1,
+                         num_samples=result.num_samples, rng=np.random.default_rng(seed),
+                         decoded=decoded)  # fmt: skip
+            if spec.lossy:
+                feedback[node].update(decoded)
+            sent[node] = delta
+            aggregator.add(node, 0, decoded, float(result.num_samples))
+        sample.sent.append(sent)
+        model = aggregator.result()
+        change = model - view
+        decoded = np.empty_like(change)
+        split_vector(change, CodecSpec.parse(cfg.delta_codec), max_payload=cfg.max_payload,
+                     job=cfg.job, sender="cloud", role="delta", round=rnd + 1, version=rnd,
+                     rng=np.random.default_rng((cfg.seed, rnd)), decoded=decoded)  # fmt: skip
+        sample.changes.append(change)
+        view = view + decoded
+    sample.host_flops = flops / max(seconds, 1e-9)
+    return sample
 
 
 def round_timeout_for(setup: Setup, est: Estimate | None) -> float:

@@ -56,7 +56,8 @@ class CloudConfig:
     lr: float = 0.05
     momentum: float = 0.9  # edge SGD momentum (its buffer restarts every round)
     codec: str = "fp32+zstd"  # uplink (edge -> cloud) codec
-    downlink_codec: str = "fp32+zstd"  # global model codec; lossless keeps edge and cloud in step
+    downlink_codec: str = "fp32+zstd"  # the full global model (retained, for edges that join)
+    delta_codec: str = "int8+zstd"  # each round's model change, sent to edges that hold the last
     max_payload: int = 128 * 1024  # bytes per MQTT message; managed brokers cap at 128-256 KiB
     seed: int = 0
     test_fraction: float = 0.2  # held-out share of the dataset, evaluated at the cloud
@@ -80,11 +81,17 @@ class CloudConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        for spec in (self.codec, self.downlink_codec):
+        for spec in (self.codec, self.downlink_codec, self.delta_codec):
             try:
                 CodecSpec.parse(spec)
             except CodecError as exc:
                 raise ConfigError(str(exc)) from exc
+        full = CodecSpec.parse(self.downlink_codec)
+        if full.topk is not None or full.dtype == "sign":
+            raise ConfigError(
+                f"downlink codec {self.downlink_codec}: the full model needs a dense codec "
+                "(top-k and sign only make sense for deltas)"
+            )
 
     @property
     def wait_for(self) -> int:
@@ -242,6 +249,10 @@ class CloudNode:
             layout=spec_layout,
         )  # fmt: skip
         down = CodecSpec.parse(cfg.downlink_codec)
+        # What every edge holds: the model they train from. Lossy deltas make it differ from
+        # the cloud's model; each round's delta is taken against it, so nothing drifts.
+        self._view = flat.copy()
+        self._pending_delta: list[bytes] = []
         session_cfg = SessionConfig(
             url=cfg.broker,
             client_id=f"{cfg.job}-{cfg.node_id}",
@@ -295,14 +306,23 @@ class CloudNode:
         )  # fmt: skip
         self._round_done.clear()
         self._tracker = tracker
+        held = np.empty_like(self._view)
         chunks = split_vector(
-            flat, down, max_payload=cfg.max_payload, job=cfg.job, sender=cfg.node_id,
-            role="model", round=rnd, version=version,
+            self._view, down, max_payload=cfg.max_payload, job=cfg.job, sender=cfg.node_id,
+            role="model", round=rnd, version=version, decoded=held,
         )  # fmt: skip
-        # Retained, so an edge that (re)connects mid-round still gets this version.
+        self._view = held  # a lossy full-model codec changes what edges hold
+        # Retained, so an edge that joins or falls behind gets this version whole; edges that
+        # hold the previous version get only the (much smaller) delta.
         await self._session_publish_all(
             [(self.topics.model(i), p) for i, p in enumerate(chunks)], retain=True
         )
+        if self._pending_delta:
+            await self._session_publish_all(
+                [(self.topics.delta(i), p) for i, p in enumerate(self._pending_delta)],
+                retain=False,
+            )
+            self._pending_delta = []
         task = RoundTask(
             job=cfg.job, round=rnd, version=version, selected=selected,
             deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
@@ -324,6 +344,7 @@ class CloudNode:
         if quorum_met:
             flat = tracker.aggregator.result()
             version += 1
+            self._prepare_delta(flat, rnd + 1, version)
         else:
             log.warning(
                 "round %d: quorum not met (%d < %d); model kept", rnd, len(participants), needed
@@ -346,6 +367,17 @@ class CloudNode:
             client_metrics=tracker.client_metrics(),
         )  # fmt: skip
         return record, flat, version
+
+    def _prepare_delta(self, flat: np.ndarray, rnd: int, version: int) -> None:
+        """Encode `flat - view` for the next round and move the view by what edges will decode."""
+        cfg = self.config
+        decoded = np.empty_like(self._view)
+        self._pending_delta = split_vector(
+            flat - self._view, CodecSpec.parse(cfg.delta_codec), max_payload=cfg.max_payload,
+            job=cfg.job, sender=cfg.node_id, role="delta", round=rnd, version=version,
+            rng=np.random.default_rng((cfg.seed, version)), decoded=decoded,
+        )  # fmt: skip
+        self._view = self._view + decoded
 
     async def _session_publish_all(self, items: list[tuple[str, bytes]], *, retain: bool) -> None:
         assert self._session is not None

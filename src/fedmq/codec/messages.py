@@ -15,7 +15,8 @@ from fedmq.codec.limits import ALIGN, DIGEST_SIZE
 from fedmq.errors import CodecError
 
 STATUS_ROLES = ("edge", "cloud")
-CHUNK_ROLES = ("model", "update")  # global model from the cloud | delta from an edge
+# global model from the cloud | delta from an edge | change of the global model from the cloud
+CHUNK_ROLES = ("model", "update", "delta")
 COMMANDS = ("stop",)
 
 
@@ -112,7 +113,7 @@ class TensorChunk:
 
     job: str
     sender: str
-    role: str  # "model" (global model, from the cloud) | "update" (a delta from an edge)
+    role: str  # "model" (global model) | "delta" (its change from version-1) | "update" (edge)
     round: int
     version: int  # global model version this belongs to / is based on
     index: int  # chunk index in [0, count)
@@ -142,8 +143,8 @@ class TensorChunk:
         self._check_geometry()
         if len(self.digest) != DIGEST_SIZE:
             raise CodecError(f"TensorChunk.digest must be {DIGEST_SIZE} bytes")
-        if self.role == "model" and self.num_samples != 0:
-            raise CodecError("TensorChunk.num_samples must be 0 for role 'model'")
+        if self.role != "update" and self.num_samples != 0:
+            raise CodecError(f"TensorChunk.num_samples must be 0 for role {self.role!r}")
 
     def _check_geometry(self) -> None:
         where = f"TensorChunk {self.index}/{self.count} [{self.offset}, +{self.length})"

@@ -121,6 +121,9 @@ class EdgeNode:
         self._stop = asyncio.Event()
         self._last_round = 0
         self._feedback: ErrorFeedback | None = None
+        self._full_wanted = False  # subscribed to the full model topic
+        self._reconnects_seen = 0
+        self._activity = time.monotonic()
         if config.shard is None and data is None and shard_from_id(config.node_id) is None:
             raise ConfigError(
                 f"edge {config.node_id!r}: give --shard N, or a name ending in a number (edge-3)"
@@ -129,6 +132,7 @@ class EdgeNode:
     # -- messages -----------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        self._activity = time.monotonic()
         if not payload:
             return
         try:
@@ -138,6 +142,8 @@ class EdgeNode:
                 self._on_task(decode(payload, self.limits, expect=RoundTask))
             elif topic.startswith(self.topics.prefix + "/model/"):
                 self._on_model_chunk(decode(payload, self.limits, expect=TensorChunk))
+            elif topic.startswith(self.topics.prefix + "/delta/"):
+                self._on_delta_chunk(decode(payload, self.limits, expect=TensorChunk))
             elif topic == self.topics.control:
                 control = decode(payload, self.limits, expect=Control)
                 if control.command == "stop" and control.job == self.config.job:
@@ -173,6 +179,20 @@ class EdgeNode:
         if chunks is not None:
             self._model = (chunk.version, assemble(chunks, self.limits))
             self._wake.set()
+
+    def _on_delta_chunk(self, chunk: TensorChunk) -> None:
+        if chunk.role != "delta" or chunk.job != self.config.job:
+            raise ProtocolError(f"unexpected {chunk.role} chunk on the delta topic")
+        if self._model is not None and chunk.version <= self._model[0]:
+            return  # we hold that version already (a full model arrived first)
+        chunks = self._reassembler.add(chunk, time.monotonic())
+        if chunks is None:
+            return
+        if self._model is not None and self._model[0] == chunk.version - 1:
+            change = assemble(chunks, self.limits, require_finite=True)
+            if change.size == self._model[1].size:
+                self._model = (chunk.version, self._model[1] + change)
+        self._wake.set()  # applied, or a gap: _step fetches the full model
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -215,7 +235,7 @@ class EdgeNode:
             subscriptions=(
                 self.topics.jobspec,
                 self.topics.task,
-                self.topics.model_all,
+                self.topics.delta_all,
                 self.topics.control,
             ),
             will=(self.topics.status(cfg.node_id), self._status(False)),
@@ -234,6 +254,8 @@ class EdgeNode:
                     async with asyncio.timeout(cfg.resync_s * 2 ** min(self._idle_streak, 6)):
                         await self._wake.wait()
                 except TimeoutError:
+                    if time.monotonic() - self._activity < cfg.resync_s:
+                        continue  # bytes are still arriving (a slow link): nothing is lost yet
                     # Backoff: a fast edge waiting on slow peers must not spend its link on this.
                     self._idle_streak += 1
                     await self._resync(session)
@@ -266,6 +288,8 @@ class EdgeNode:
             "%s: idle for %.0f s; re-fetching %s", self.config.node_id, self.config.resync_s, topic
         )
         await session.resubscribe(topic)
+        if topic == self.topics.model_all:
+            self._full_wanted = True  # leave it again once the model is complete
 
     async def _step(self, session: Session) -> None:
         job, task = self._job, self._task
@@ -285,11 +309,34 @@ class EdgeNode:
                 self.topics.status(self.config.node_id), self._status(True), retain=True
             )
             log.info("%s: joined job %s with %d samples", self.config.node_id, job.job, len(data))
+        await self._sync_model(session, task)
         if task is None or self.config.node_id not in task.selected:
             return
         if task.round <= self._last_round or self._model is None or self._model[0] != task.version:
             return
         await self._train_and_send(session, job, task, self._model[1], self._data)
+
+    async def _sync_model(self, session: Session, task: RoundTask | None) -> None:
+        """Listen to the full (retained) model only while we lack the current version.
+
+        Edges that keep up receive just each round's delta; one that joins, reconnects or
+        misses a delta subscribes to the full model once, then leaves it again.
+        """
+        if session.reconnects != self._reconnects_seen:  # a new connection has no such topic
+            self._reconnects_seen, self._full_wanted = session.reconnects, False
+        # One version behind: that round's delta is on its way (the broker may deliver the task
+        # first). Further behind, or no model at all: only the full model helps.
+        behind = self._model is None or (task is not None and self._model[0] < task.version - 1)
+        if behind and not self._full_wanted:
+            self._full_wanted = await session.subscribe(self.topics.model_all)
+        elif (
+            self._model is not None
+            and task is not None
+            and self._model[0] >= task.version
+            and (self._full_wanted)
+        ):
+            self._full_wanted = False
+            await session.unsubscribe(self.topics.model_all)
 
     async def _train_and_send(
         self, session: Session, job: JobSpec, task: RoundTask, base: np.ndarray, data: Dataset

@@ -51,7 +51,8 @@ class Plan:
     momentum: float
     deadline_s: float
     task_codec: str
-    downlink_codec: str
+    downlink_codec: str  # the full model, which edges fetch once
+    delta_codec: str  # each round's change of the model
     flops_per_sample: float  # training cost of the model, forward + backward
     host_flops: float = 0.0  # this machine's training speed; emulation cannot beat it
     keepalive: int = 20
@@ -155,22 +156,29 @@ def _transfer(nbytes: int, bps: float) -> float:
 def estimate(
     plan: Plan,
     *,
-    models: Sequence[np.ndarray],
+    full_model: np.ndarray,
+    changes: Sequence[np.ndarray],
     deltas: Sequence[Mapping[str, np.ndarray]],
     select: Selector,
 ) -> Estimate:
     """Per-round bytes (both directions, all edges) and the link-limited round time bound.
 
-    `models[k]` and `deltas[k]` (one update per edge) are samples of round k+1's global model
-    and updates, e.g. from running the first rounds of the workload in-process; rounds past the
-    samples reuse the last. They teach the estimator the codec's compressed sizes; everything
-    else is the protocol's arithmetic. `select` replays the cloud's seeded client sampling.
+    Samples teach it the codecs' compressed sizes: `full_model` is what edges download in
+    round 1, `changes[k]` the model change sent in round k+2, `deltas[k]` what each edge
+    encodes in round k+1 (e.g. from running the first rounds of the workload in-process);
+    rounds past the samples reuse the last. Everything else is the protocol's arithmetic.
+    `select` replays the cloud's seeded client sampling.
     """
-    if not models or not deltas:
-        raise ValueError("need at least one sample model and one set of sample deltas")
+    if not deltas:
+        raise ValueError("need at least one round of sample updates")
     job, topics = plan.job, Topics(plan.job.job)
     metrics = {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
-    model_tmpls = [_template(m, plan.downlink_codec, job, "cloud", "model", 0, {}) for m in models]
+    # Round 1 brings the whole initial model (edges subscribe to it once, then leave); every
+    # later round brings the change of the model, in the delta codec.
+    model_tmpl = _template(full_model, plan.downlink_codec, job, "cloud", "model", 0, {})
+    change_tmpls = [
+        _template(c, plan.delta_codec, job, "cloud", "delta", 0, {}) for c in changes
+    ] or [model_tmpl]
     edge_tmpls = [
         {
             e.node_id: _template(
@@ -180,7 +188,7 @@ def estimate(
         }
         for d in deltas
     ]
-    model_tmpl, edge_tmpl = model_tmpls[0], edge_tmpls[0]
+    edge_tmpl = edge_tmpls[0]
     by_id = {e.node_id: e for e in plan.edges}
 
     def status(e: EdgePlan, online: bool, samples: int) -> int:
@@ -198,7 +206,7 @@ def estimate(
         )
 
     # Setup: CONNECT (with will), four SUBSCRIBEs, birth, the job, and the status after joining.
-    subs = (topics.jobspec, topics.task, topics.model_all, topics.control)
+    subs = (topics.jobspec, topics.task, topics.delta_all, topics.control)
     job_pub = mq.publish_size(topics.jobspec, len(encode(job)))
     clear_task = mq.publish_size(topics.task, 0)
     setup_up = setup_down = 0
@@ -211,7 +219,9 @@ def estimate(
         setup_up += mq.publish_size(st, status(e, True, 0))  # birth
         setup_up += mq.publish_size(st, status(e, True, e.num_samples))  # after joining
         setup_up += 2 * mq.PUBACK  # for the task clear and the job
-        setup_down += mq.CONNACK + len(subs) * mq.SUBACK_ONE + 2 * mq.PUBACK
+        # The full model topic: subscribed until the first model is complete.
+        setup_up += mq.subscribe_size(topics.model_all) + mq.unsubscribe_size(topics.model_all)
+        setup_down += mq.CONNACK + (len(subs) + 1) * mq.SUBACK_ONE + mq.UNSUBACK + 2 * mq.PUBACK
         setup_down += clear_task + job_pub
 
     rounds: list[RoundEstimate] = []
@@ -233,13 +243,15 @@ def estimate(
             codec=plan.task_codec,
         )
         task_pub = mq.publish_size(topics.task, len(encode(task)))
-        model_payload, model_pub = 0, 0
-        round_model = model_tmpls[min(rnd, len(model_tmpls)) - 1]
+        model_pub = 0
+        if rnd == 1:
+            round_model, topic_of = model_tmpl, topics.model
+        else:
+            round_model, topic_of = change_tmpls[min(rnd - 1, len(change_tmpls)) - 1], topics.delta
         round_edges = edge_tmpls[min(rnd, len(edge_tmpls)) - 1]
         for i, chunk in enumerate(round_model):
             n = len(encode(dataclasses.replace(chunk, round=rnd, version=version)))
-            model_payload += n
-            model_pub += mq.publish_size(topics.model(i), n)
+            model_pub += mq.publish_size(topic_of(i), n)
         up = down = 0
         bound, slowest = 0.0, ""
         for e in plan.edges:

@@ -254,6 +254,24 @@ class Session:
             self.handler_errors += 1
             log.exception("%s: message handler failed on %s", self.config.client_id, topic)
 
+    async def subscribe(self, topic: str) -> bool:
+        """Subscribe now (not kept across reconnects: the caller re-asks when it needs to)."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.subscribe(topic, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.debug("%s: subscribe to %s failed: %s", self.config.client_id, topic, exc)
+            return False
+        return True
+
+    async def unsubscribe(self, topic: str) -> None:
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(topic)
+
     async def resubscribe(self, topic: str) -> None:
         """Subscribe to `topic` again, so the broker re-sends its retained messages.
 

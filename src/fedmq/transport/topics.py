@@ -37,6 +37,13 @@ class Topics:
     def model_all(self) -> str:
         return f"{self.prefix}/model/+"
 
+    def delta(self, index: int) -> str:
+        return f"{self.prefix}/delta/{index}"
+
+    @property
+    def delta_all(self) -> str:
+        return f"{self.prefix}/delta/+"
+
     def update(self, node: str) -> str:
         return f"{self.prefix}/update/{node}"
 
