@@ -236,3 +236,22 @@ def test_a_zstd_bomb_is_a_codec_error_without_allocating(declare: bool) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024  # not even the 4 KiB the chunk would be: nothing is inflated
+
+
+def test_many_small_containers_are_refused_before_they_are_built() -> None:
+    """1 MiB of empty maps used to build ~70 MiB of objects before any check (found by fuzzing)."""
+    import tracemalloc
+
+    from fedmq.codec import decode
+    from fedmq.errors import LimitExceeded
+
+    wide = b"\xdc\x27\x10" + b"\x80" * 10_000  # an array of 10,000 empty maps
+    payload = b"\x83\xa1v\x01\xa1k\xa3job\xa6layout" + b"\xdc\x00\x68" + wide * 104
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitExceeded, match="arrays and maps"):
+            decode(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20

@@ -4,6 +4,7 @@
 """
 
 from fedmq.cloud_node.fedavg import FedAvg, FedAvgAggregator
+from fedmq.cloud_node.robust import Krum, Median, NormClip, RobustAggregator, TrimmedMean
 from fedmq.cloud_node.rounds import RoundCounters, RoundTracker, Verdict
 from fedmq.cloud_node.runtime import CloudConfig, CloudNode, RoundRecord
 from fedmq.cloud_node.strategy import Aggregator, Strategy
@@ -14,9 +15,14 @@ __all__ = [
     "CloudNode",
     "FedAvg",
     "FedAvgAggregator",
+    "Krum",
+    "Median",
+    "NormClip",
+    "RobustAggregator",
     "RoundCounters",
     "RoundRecord",
     "RoundTracker",
     "Strategy",
+    "TrimmedMean",
     "Verdict",
 ]

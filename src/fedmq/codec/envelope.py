@@ -42,19 +42,41 @@ def encode(msg: Message) -> bytes:
         raise CodecError(f"cannot pack {kind}: {exc}") from exc
 
 
+class _TooManyContainers(Exception):
+    pass
+
+
 def _unpack(payload: bytes | bytearray | memoryview, limits: Limits) -> object:
+    # Each length is capped, but not how many containers there are: 1 MiB of empty maps
+    # would build ~70 MiB of Python objects before any schema check. The hooks run as each
+    # container completes, so counting there stops the build early. The most a valid message
+    # holds is a JobSpec layout: two arrays per tensor, plus the envelope.
+    budget = [2 * limits.max_layout + 16]
+
+    def count(container: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooManyContainers
+        return container
+
     try:
         return msgpack.unpackb(
             payload,
             raw=False,
             strict_map_key=True,
             use_list=True,
+            list_hook=count,
+            object_hook=count,
             max_str_len=limits.max_name_len,
             max_bin_len=limits.max_payload,
             max_array_len=max(limits.max_selected, limits.max_layout, limits.max_dims, 2),
             max_map_len=max(limits.max_metrics, _ENVELOPE_KEYS),
             max_ext_len=0,
         )
+    except _TooManyContainers:
+        raise LimitExceeded(
+            f"payload: more than {2 * limits.max_layout + 16} arrays and maps"
+        ) from None
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
         if "exceeds max_" in str(exc):  # msgpack's own length limits
             raise LimitExceeded(f"payload: {exc}") from exc
