@@ -39,6 +39,7 @@ class RunConfig:
     round_timeout: float = 120.0  # seconds the cloud waits for sampled updates
     out: str = ""  # run directory; empty means runs/<time>-<job>
     threads: int = 1  # torch threads per training call (many edges share the cores)
+    strategy: str = "fedavg"  # fedavg | median | trimmed_mean | krum | multikrum | normclip
     sample_rounds: int = 3  # rounds the estimator runs ahead in-process to learn codec sizes
     fleet: str = ""  # device profiles, e.g. esp32s3-wifi:4,pi4-ethernet:4 (sets clients)
 

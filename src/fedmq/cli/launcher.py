@@ -18,7 +18,13 @@ from typing import Any
 
 from fedmq.broker import BrokerConfig, EmbeddedBroker
 from fedmq.cli.config import FIELDS, RunConfig
-from fedmq.cli.planning import keepalive_for, plan_estimate, prepare, round_timeout_for
+from fedmq.cli.planning import (
+    keepalive_for,
+    make_strategy,
+    plan_estimate,
+    prepare,
+    round_timeout_for,
+)
 from fedmq.cli.plots import write_plots
 from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
 from fedmq.cloud_node import CloudConfig, CloudNode, RoundRecord
@@ -109,7 +115,8 @@ async def run_federated(
                 )
             )
         cloud = CloudNode(
-            cloud_config(cfg, url, codec=setup.task_codec, round_timeout=round_timeout)
+            cloud_config(cfg, url, codec=setup.task_codec, round_timeout=round_timeout),
+            strategy=make_strategy(cfg),
         )
         totals = [0, 0]
         measured: list[dict[str, Any]] = []
@@ -175,6 +182,7 @@ async def run_federated(
         "partition": cfg.partition,
         "seed": cfg.seed,
         "fleet": cfg.fleet,
+        "strategy": cfg.strategy,
         "malformed_messages": result.malformed,
         "stale_chunks": result.stale,
         "accel": accel.get("used", ""),

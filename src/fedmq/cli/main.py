@@ -43,6 +43,8 @@ HELP = {
     "round_timeout": "seconds the cloud waits for sampled updates (default 120)",
     "out": "run directory (default runs/TIME-JOB)",
     "threads": "torch threads per training call (default 1: edges share the cores)",
+    "strategy": "aggregation: fedavg, or a Byzantine-robust median, trimmed_mean, krum, "
+    "multikrum, normclip (default fedavg)",
     "sample_rounds": "FedAvg rounds the estimator runs ahead in-process to learn how updates "
     "compress (default 3)",
     "fleet": "device profiles per edge, e.g. esp32s3-wifi:4,pi4-ethernet:4,./mine.toml:2 "

@@ -13,7 +13,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedmq.cli.config import RunConfig
-from fedmq.cloud_node import FedAvg, FedAvgAggregator
+from fedmq.cloud_node import (
+    FedAvg,
+    FedAvgAggregator,
+    Krum,
+    Median,
+    NormClip,
+    Strategy,
+    TrimmedMean,
+)
 from fedmq.codec import MIN_PAYLOAD, CodecSpec, ErrorFeedback, JobSpec, split_vector
 from fedmq.errors import ConfigError
 from fedmq.tinyml_profiles import Profile, format_bytes, parse_fleet
@@ -224,3 +232,27 @@ def round_timeout_for(setup: Setup, est: Estimate | None) -> float:
         return setup.cfg.round_timeout
     slowest = max(r.bound_seconds for r in est.rounds)
     return max(setup.cfg.round_timeout, 3 * slowest + 30)
+
+
+STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "normclip")
+
+
+def make_strategy(cfg: RunConfig) -> Strategy:
+    """The cloud's aggregation rule by name; the robust ones resist Byzantine edges."""
+    fraction, least = cfg.fraction, cfg.min_fit
+    f = max(1, cfg.clients // 5)  # tolerate a fifth of the edges
+    match cfg.strategy:
+        case "fedavg":
+            return FedAvg(fraction=fraction, min_clients=least)
+        case "median":
+            return Median(fraction=fraction, min_clients=least)
+        case "trimmed_mean":
+            return TrimmedMean(fraction=fraction, min_clients=least)
+        case "krum":
+            return Krum(f=f, fraction=fraction, min_clients=least)
+        case "multikrum":
+            m = max(1, cfg.clients - f)
+            return Krum(f=f, multi=m, name="multikrum", fraction=fraction, min_clients=least)
+        case "normclip":
+            return NormClip(fraction=fraction, min_clients=least)
+    raise ConfigError(f"unknown strategy {cfg.strategy!r}; choose from {', '.join(STRATEGIES)}")
