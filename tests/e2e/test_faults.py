@@ -57,35 +57,58 @@ class Proc:
 
 def _cloud(url: str, out: Path, rounds: int) -> Proc:
     return Proc("cloud", "--broker", url, "--clients", "3", "--rounds", str(rounds),
-                "--local-epochs", "1", "--round-timeout", "6", "--job", "faults",
-                "--out", str(out))  # fmt: skip
+                "--local-epochs", "1", "--round-timeout", "8", "--job", "faults",
+                "--codec", "int8+zstd", "--out", str(out))  # fmt: skip
 
 
-def _edge(url: str, i: int) -> Proc:
-    return Proc("edge", "--broker", url, "--id", f"edge-{i}", "--job", "faults")
+SLOW = """
+name = "slow-board"
+description = "rounds of about 1.5 s, so faults land mid-run"
+codec = "int8+zstd"
+[device]
+ram_bytes = 1048576
+flops = 4e6
+[link]
+up_bps = 1000000
+down_bps = 1000000
+rtt_ms = 20
+"""
 
 
-def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path) -> None:
+def _edge(url: str, i: int, profile: Path) -> Proc:
+    return Proc(
+        "edge", "--broker", url, "--id", f"edge-{i}", "--job", "faults", "--profile", str(profile)
+    )
+
+
+@pytest.fixture
+def slow(tmp_path: Path) -> Path:
+    path = tmp_path / "slow.toml"
+    path.write_text(SLOW)
+    return path
+
+
+def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path, slow: Path) -> None:
     port = free_port()
     url = f"mqtt://127.0.0.1:{port}"
     broker = Proc("broker", "--port", str(port))
     procs = [broker]
     try:
         wait_port(port, broker.p)
-        cloud = _cloud(url, tmp_path / "cloud", rounds=8)
-        edges = [_edge(url, i) for i in range(3)]
+        cloud = _cloud(url, tmp_path / "cloud", rounds=12)
+        edges = [_edge(url, i, slow) for i in range(3)]
         procs += [cloud, *edges]
-        cloud.wait_for("round 2/8")
+        cloud.wait_for("round 2/12")
         edges[2].kill()  # no goodbye: the broker publishes its last will
-        cloud.wait_for("round 4/8")
-        late = _edge(url, 2)  # the same edge comes back
+        cloud.wait_for("round 4/12")
+        late = _edge(url, 2, slow)  # the same edge comes back
         procs.append(late)
         assert cloud.finish() == 0, "".join(cloud.seen)[-2000:]
         assert late.finish(60) == 0
         rows = [
             json.loads(x) for x in (tmp_path / "cloud" / "rounds.jsonl").read_text().splitlines()
         ]
-        assert len(rows) == 8 and all(r["quorum_met"] for r in rows)
+        assert len(rows) == 12 and all(r["quorum_met"] for r in rows)
         without = [r for r in rows if "edge-2" not in r["participants"]]
         assert without, "no round ran without the killed edge"
         back = [r for r in rows if r["round"] > 4 and "edge-2" in r["participants"]]
@@ -97,7 +120,7 @@ def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path) -> No
             p.kill()
 
 
-def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path) -> None:
+def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path, slow: Path) -> None:
     port = free_port()
     url = f"mqtt://127.0.0.1:{port}"
     broker = Proc("broker", "--port", str(port))
@@ -105,7 +128,7 @@ def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path) -> None:
     try:
         wait_port(port, broker.p)
         cloud = _cloud(url, tmp_path / "cloud", rounds=6)
-        edges = [_edge(url, i) for i in range(3)]
+        edges = [_edge(url, i, slow) for i in range(3)]
         procs += [cloud, *edges]
         cloud.wait_for("round 2/6")
         broker.kill()  # every retained message and session is gone with it

@@ -169,15 +169,42 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 def cmd_edge(args: argparse.Namespace) -> int:
     import torch
 
-    from fedmq.edge_node import EdgeConfig, EdgeNode
+    from fedmq.cli.planning import keepalive_for
+    from fedmq.edge_node import EdgeConfig, EdgeNode, EdgeReport
+    from fedmq.tinyml_profiles import get_profile
+    from fedmq.tinyml_profiles.shaper import LinkShaper
+    from fedmq.transport import parse_broker_url
 
     torch.set_num_threads(args.threads)
-    node = EdgeNode(EdgeConfig(broker=args.broker, node_id=args.id, job=args.job,
-                               shard=args.shard, profile=args.profile))  # fmt: skip
-    print(f"fedmq edge {args.id}: job {args.job} on {args.broker}", flush=True)
-    report = asyncio.run(node.run())
-    print(f"edge {report.node_id}: trained {report.rounds_trained} rounds, sent "
-          f"{report.bytes_sent:,} B, received {report.bytes_received:,} B")  # fmt: skip
+    profile = get_profile(args.profile) if args.profile else None
+
+    async def serve() -> EdgeReport:
+        async with contextlib.AsyncExitStack() as stack:
+            url = args.broker
+            if profile is not None:
+                # Emulate the device here too: its link through a local shaper, its speed.
+                address = parse_broker_url(url)
+                shaper = LinkShaper(profile.link, address.host, address.port)
+                url = (await stack.enter_async_context(shaper)).url
+            config = EdgeConfig(
+                broker=url,
+                node_id=args.id,
+                job=args.job,
+                shard=args.shard,
+                profile=profile.name if profile else "",
+                codec=args.codec or (profile.codec if profile else ""),
+                compute_flops=profile.flops if profile else 0.0,
+                keepalive=keepalive_for(profile, profile.link.max_payload) if profile else 20,
+            )
+            return await EdgeNode(config).run()
+
+    shaped = f" as {profile.name}" if profile else ""
+    print(f"fedmq edge {args.id}: job {args.job} on {args.broker}{shaped}", flush=True)
+    report = asyncio.run(serve())
+    print(
+        f"edge {report.node_id}: trained {report.rounds_trained} rounds, sent "
+        f"{report.bytes_sent:,} B, received {report.bytes_received:,} B"
+    )
     return 0
 
 
@@ -351,7 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="data shard index (default: the number at the end of --id)",
     )
     p.add_argument("--job", default="digits", help="job name (default digits)")
-    p.add_argument("--profile", default="", help="device profile name to report")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="emulate this device profile (name or .toml): its link through a local shaper, "
+        "its compute speed, its default codec",
+    )
+    p.add_argument("--codec", default="", help="uplink codec (default: the profile's or task's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.set_defaults(func=cmd_edge)
 

@@ -93,6 +93,7 @@ class Session:
         self._task: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
         self._window = asyncio.Semaphore(config.max_inflight)
+        self._lost_event = asyncio.Event()  # set when the current connection ends
 
     def set_birth(self, payload: bytes) -> None:
         """Change the birth payload re-published after every reconnect (same topic)."""
@@ -199,6 +200,8 @@ class Session:
         while True:
             try:
                 async with contextlib.AsyncExitStack() as stack:
+                    self._lost_event = lost = asyncio.Event()
+                    stack.callback(lost.set)  # however this connection ends
                     client = await self._establish(stack)
                     if not first:
                         self.reconnects += 1
@@ -302,13 +305,13 @@ class Session:
             async with asyncio.timeout(self.config.publish_timeout), self._window:
                 while True:
                     await self._connected.wait()
-                    client = self._client
+                    client, lost = self._client, self._lost_event
                     if client is None:
                         await asyncio.sleep(0.05)
                         continue
                     try:
-                        await client.publish(topic, payload, qos=qos, retain=retain)
-                        return
+                        if await self._publish_once(client, lost, topic, payload, qos, retain):
+                            return
                     except aiomqtt.MqttError as exc:
                         # The run loop notices a dead connection and reconnects; we retry.
                         log.debug(
@@ -323,6 +326,30 @@ class Session:
                 f"{self.config.client_id}: publish to {topic} did not complete in "
                 f"{self.config.publish_timeout:.0f} s"
             ) from None
+
+    @staticmethod
+    async def _publish_once(
+        client: aiomqtt.Client,
+        lost: asyncio.Event,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+    ) -> bool:
+        """True once acknowledged; False if the connection died first (aiomqtt would keep
+        waiting for a PUBACK that can no longer come, however slow or fast the link)."""
+        publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain))
+        dropped = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({publish, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+            if not publish.done():
+                publish.cancel()
+        if not publish.done() or publish.cancelled():
+            return False
+        publish.result()  # raises MqttError if it failed
+        return True
 
     async def publish_all(
         self, topics_payloads: Sequence[tuple[str, bytes]], *, retain: bool = False
