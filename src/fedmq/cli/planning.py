@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from fedmq.cli.config import RunConfig
 from fedmq.cloud_node import (
@@ -102,15 +103,21 @@ def prepare(cfg: RunConfig) -> Setup:
     return Setup(cfg, train, test, shards, profiles, codecs, cost)
 
 
-def job_spec(setup: Setup) -> JobSpec:
-    cfg = setup.cfg
-    model = build_model(
-        cfg.model,
-        num_features=setup.train.x.shape[1],
-        num_classes=setup.train.num_classes,
-        feature_shape=setup.train.feature_shape,
-        seed=cfg.seed,
+def initial_model(setup: Setup) -> torch.nn.Module:
+    """The model the cloud starts from: same name, data shape and seed, so the same weights."""
+    train = setup.train
+    return build_model(
+        setup.cfg.model,
+        num_features=train.x.shape[1],
+        num_classes=train.num_classes,
+        feature_shape=train.feature_shape,
+        seed=setup.cfg.seed,
     )
+
+
+def job_spec(setup: Setup, model: torch.nn.Module) -> JobSpec:
+    """The JobSpec the cloud will publish, byte for byte."""
+    cfg = setup.cfg
     return JobSpec(
         job=cfg.job,
         model=cfg.model,
@@ -126,14 +133,7 @@ def job_spec(setup: Setup) -> JobSpec:
 
 def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
     cfg = setup.cfg
-    train = setup.train
-    model = build_model(
-        cfg.model,
-        num_features=train.x.shape[1],
-        num_classes=train.num_classes,
-        feature_shape=train.feature_shape,
-        seed=cfg.seed,
-    )
+    model = initial_model(setup)
     initial = get_flat(model)
     tcfg = TrainConfig(
         local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum
@@ -144,7 +144,7 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
         for i in range(cfg.clients)
     )
     plan = Plan(
-        job=job_spec(setup),
+        job=job_spec(setup, model),
         edges=edges,
         rounds=cfg.rounds,
         local_epochs=cfg.local_epochs,
@@ -164,8 +164,13 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
     def select(rnd: int, online: Sequence[str]) -> tuple[str, ...]:
         return strategy.select(rnd, list(online), rng)
 
-    return estimate(plan, full_model=sample.full_model, changes=sample.changes,
-                    deltas=sample.sent, select=select)  # fmt: skip
+    return estimate(
+        plan,
+        full_model=sample.full_model,
+        changes=sample.changes,
+        deltas=sample.sent,
+        select=select,
+    )
 
 
 @dataclass
@@ -185,9 +190,17 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
     """
     cfg = setup.cfg
     held = np.empty_like(initial)
-    split_vector(initial, CodecSpec.parse(cfg.downlink_codec), max_payload=cfg.max_payload,
-                 job=cfg.job, sender="cloud", role="model", round=1, version=0,
-                 decoded=held)  # fmt: skip
+    split_vector(
+        initial,
+        CodecSpec.parse(cfg.downlink_codec),
+        max_payload=cfg.max_payload,
+        job=cfg.job,
+        sender="cloud",
+        role="model",
+        round=1,
+        version=0,
+        decoded=held,
+    )
     view, model = held, initial.copy()
     feedback: dict[str, ErrorFeedback] = {}
     sample = _Sample(held, [], [], 0.0)
@@ -205,10 +218,19 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
             if spec.lossy:
                 delta = feedback.setdefault(node, ErrorFeedback(delta.size)).compensate(delta)
             decoded = np.empty_like(delta)
-            split_vector(delta, spec, max_payload=cfg.max_payload, job=cfg.job, sender=node,
-                         role="update", round=rnd, version=rnd - 1,
-                         num_samples=result.num_samples, rng=np.random.default_rng(seed),
-                         decoded=decoded)  # fmt: skip
+            split_vector(
+                delta,
+                spec,
+                max_payload=cfg.max_payload,
+                job=cfg.job,
+                sender=node,
+                role="update",
+                round=rnd,
+                version=rnd - 1,
+                num_samples=result.num_samples,
+                rng=np.random.default_rng(seed),
+                decoded=decoded,
+            )
             if spec.lossy:
                 feedback[node].update(decoded)
             sent[node] = delta
@@ -217,9 +239,18 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
         model = aggregator.result()
         change = model - view
         decoded = np.empty_like(change)
-        split_vector(change, CodecSpec.parse(cfg.delta_codec), max_payload=cfg.max_payload,
-                     job=cfg.job, sender="cloud", role="delta", round=rnd + 1, version=rnd,
-                     rng=np.random.default_rng((cfg.seed, rnd)), decoded=decoded)  # fmt: skip
+        split_vector(
+            change,
+            CodecSpec.parse(cfg.delta_codec),
+            max_payload=cfg.max_payload,
+            job=cfg.job,
+            sender="cloud",
+            role="delta",
+            round=rnd + 1,
+            version=rnd,
+            rng=np.random.default_rng((cfg.seed, rnd)),
+            decoded=decoded,
+        )
         sample.changes.append(change)
         view = view + decoded
     sample.host_flops = flops / max(seconds, 1e-9)
