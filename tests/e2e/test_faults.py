@@ -56,9 +56,25 @@ class Proc:
 
 
 def _cloud(url: str, out: Path, rounds: int) -> Proc:
-    return Proc("cloud", "--broker", url, "--clients", "3", "--rounds", str(rounds),
-                "--local-epochs", "1", "--round-timeout", "8", "--job", "faults",
-                "--codec", "int8+zstd", "--out", str(out))  # fmt: skip
+    return Proc(
+        "cloud",
+        "--broker",
+        url,
+        "--clients",
+        "3",
+        "--rounds",
+        str(rounds),
+        "--local-epochs",
+        "1",
+        "--round-timeout",
+        "8",
+        "--job",
+        "faults",
+        "--codec",
+        "int8+zstd",
+        "--out",
+        str(out),
+    )
 
 
 SLOW = """
@@ -88,22 +104,39 @@ def slow(tmp_path: Path) -> Path:
     return path
 
 
+class Deployment:
+    """A broker, a cloud and three slow edges as separate processes; all killed at the end."""
+
+    def __init__(self, tmp_path: Path, slow: Path, rounds: int) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.slow = slow
+        self.broker = Proc("broker", "--port", str(self.port))
+        self.procs = [self.broker]
+        wait_port(self.port, self.broker.p)
+        self.cloud = _cloud(self.url, tmp_path / "cloud", rounds=rounds)
+        self.edges = [_edge(self.url, i, slow) for i in range(3)]
+        self.procs += [self.cloud, *self.edges]
+
+    def start(self, *args: str) -> Proc:
+        proc = Proc(*args)
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+
 def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path, slow: Path) -> None:
-    port = free_port()
-    url = f"mqtt://127.0.0.1:{port}"
-    broker = Proc("broker", "--port", str(port))
-    procs = [broker]
+    d = Deployment(tmp_path, slow, rounds=12)
     try:
-        wait_port(port, broker.p)
-        cloud = _cloud(url, tmp_path / "cloud", rounds=12)
-        edges = [_edge(url, i, slow) for i in range(3)]
-        procs += [cloud, *edges]
-        cloud.wait_for("round 2/12")
-        edges[2].kill()  # no goodbye: the broker publishes its last will
-        cloud.wait_for("round 4/12")
-        late = _edge(url, 2, slow)  # the same edge comes back
-        procs.append(late)
-        assert cloud.finish() == 0, "".join(cloud.seen)[-2000:]
+        d.cloud.wait_for("round 2/12")
+        d.edges[2].kill()  # no goodbye: the broker publishes its last will
+        d.cloud.wait_for("round 4/12")
+        late = _edge(d.url, 2, slow)  # the same edge comes back
+        d.procs.append(late)
+        assert d.cloud.finish() == 0, "".join(d.cloud.seen)[-2000:]
         assert late.finish(60) == 0
         rows = [
             json.loads(x) for x in (tmp_path / "cloud" / "rounds.jsonl").read_text().splitlines()
@@ -116,31 +149,21 @@ def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path, slow:
         # It trained from the current model: the cloud accepted its update for that version.
         assert "trained" in "".join(late.seen)
     finally:
-        for p in procs:
-            p.kill()
+        d.kill_all()
 
 
 def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path, slow: Path) -> None:
-    port = free_port()
-    url = f"mqtt://127.0.0.1:{port}"
-    broker = Proc("broker", "--port", str(port))
-    procs = [broker]
+    d = Deployment(tmp_path, slow, rounds=6)
     try:
-        wait_port(port, broker.p)
-        cloud = _cloud(url, tmp_path / "cloud", rounds=6)
-        edges = [_edge(url, i, slow) for i in range(3)]
-        procs += [cloud, *edges]
-        cloud.wait_for("round 2/6")
-        broker.kill()  # every retained message and session is gone with it
+        d.cloud.wait_for("round 2/6")
+        d.broker.kill()  # every retained message and session is gone with it
         time.sleep(1.0)
-        broker = Proc("broker", "--port", str(port))
-        procs.append(broker)
-        wait_port(port, broker.p)
-        assert cloud.finish() == 0, "".join(cloud.seen)[-2000:]
-        for e in edges:
+        broker = d.start("broker", "--port", str(d.port))
+        wait_port(d.port, broker.p)
+        assert d.cloud.finish() == 0, "".join(d.cloud.seen)[-2000:]
+        for e in d.edges:
             assert e.finish(60) == 0
         summary = json.loads((tmp_path / "cloud" / "summary.json").read_text())
         assert summary["rounds"] == 6 and summary["final_accuracy"] > 0.5
     finally:
-        for p in procs:
-            p.kill()
+        d.kill_all()
