@@ -71,7 +71,11 @@ from fedmq.codec import (
     split_vector,
 )
 from fedmq.codec.chunking import digest
+from fedmq.codec.limits import SCHEMA_VERSION
+from fedmq.codec.wire import WIRE_KEYS
 from fedmq.errors import FedmqError
+
+K = WIRE_KEYS[TensorChunk]  # field name -> its key on the wire
 
 LIMITS = Limits()
 MiB = 1 << 20
@@ -285,34 +289,34 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
             return [random_value(rng, 3)] * n
         return [random_value(rng, depth + 1) for _ in range(n)]
     if kind == 8:
-        keys = (*("v", "k", "job", "data", "digest", "metrics"), *("x" * i for i in range(3)))
+        keys = (*("v", "k", "j", "b", "d", "m"), *("x" * i for i in range(3)))
         return {rng.choice(keys): random_value(rng, depth + 1) for _ in range(rng.randrange(20))}
     return [[[]] * rng.randrange(50)] * rng.randrange(50)  # nested empty containers
 
 
 def _chunk_edit(rng: random.Random, body: dict[Any, Any]) -> None:
     """Change a chunk's data or geometry the way a hostile sender could, then fix its digest."""
-    data = body.get("data")
+    data = body.get(K["data"])
     choice = rng.randrange(6)
     if choice == 0 and isinstance(data, bytes):
-        body["data"] = bit_flip(rng, data, [])
+        body[K["data"]] = bit_flip(rng, data, [])
     elif choice == 1:
-        body["data"] = rng.randbytes(rng.choice((0, 1, 3, 4, 63, 64, 256, 4096)))
+        body[K["data"]] = rng.randbytes(rng.choice((0, 1, 3, 4, 63, 64, 256, 4096)))
     elif choice == 2:  # a zstd frame of arbitrary content, with or without its size
         size = rng.choice((0, 1, 64, 256, 4096, 65536))
         raw = rng.choice((bytes(size), rng.randbytes(size)))
         cctx = zstandard.ZstdCompressor(level=1, write_content_size=rng.random() < 0.5)
         frame = cctx.compress(raw)
-        body["data"] = frame + (rng.choice((b"", frame, b"\x00")) if rng.random() < 0.2 else b"")
+        body[K["data"]] = frame + (rng.choice((b"", frame, b"\x00")) if rng.random() < 0.2 else b"")
     elif choice == 3:
         name = rng.choice(("length", "total", "offset", "count", "index", "num_samples"))
-        body[name] = rng.choice((*INTERESTING_INTS, 1 << 20, (1 << 20) + 1, 50_000_000))
+        body[K[name]] = rng.choice((*INTERESTING_INTS, 1 << 20, (1 << 20) + 1, 50_000_000))
     elif choice == 4:
-        body["scale"] = rng.choice((*INTERESTING_FLOATS, 1e-300, 1e300, 2**-149))
+        body[K["scale"]] = rng.choice((*INTERESTING_FLOATS, 1e-300, 1e300, 2**-149))
     else:
-        body["encoding"] = rng.choice((*spec_names(), "topk:1e-9+fp32", "topk:1+fp32+zstd"))
-    if isinstance(body.get("data"), bytes) and rng.random() < 0.9:
-        body["digest"] = digest(body["data"])
+        body[K["encoding"]] = rng.choice((*spec_names(), "topk:1e-9+fp32", "topk:1+fp32+zstd"))
+    if isinstance(body.get(K["data"]), bytes) and rng.random() < 0.9:
+        body[K["digest"]] = digest(body[K["data"]])
 
 
 def field_edit(rng: random.Random, data: bytes, _: list[bytes]) -> bytes:
@@ -369,9 +373,7 @@ def mutate(rng: random.Random, pool: list[bytes]) -> tuple[bytes, str]:
 
 def _chunk(data: bytes, *, length: int, encoding: str, total: int | None = None) -> bytes:
     """A chunk payload with `data` as given and a correct digest (what a hostile edge sends)."""
-    body = {
-        "v": 1,
-        "k": "chunk",
+    fields = {
         "job": "job1",
         "sender": "edge-3",
         "role": "update",
@@ -388,7 +390,9 @@ def _chunk(data: bytes, *, length: int, encoding: str, total: int | None = None)
         "metrics": {},
         "digest": digest(data),
         "data": data,
+        "sig": b"",
     }
+    body = {"v": SCHEMA_VERSION, "k": "chunk", **{K[n]: v for n, v in fields.items()}}
     return bytes(msgpack.packb(body, use_bin_type=True))
 
 
@@ -402,11 +406,11 @@ def zstd_stream(total: int, *, declare: bool) -> bytes:
 
 
 def _header_map(key: str, value: bytes) -> bytes:
-    """{"v": 1, "k": "job", key: <value, already packed>}"""
+    """{"v": 2, "k": "job", key: <value, already packed>}"""
     return bytes(
         b"\x83"
         + msgpack.packb("v")
-        + b"\x01"
+        + msgpack.packb(SCHEMA_VERSION)
         + msgpack.packb("k")
         + msgpack.packb("job")
         + msgpack.packb(key)
@@ -443,22 +447,22 @@ def crafted() -> list[tuple[str, bytes]]:
         ("fp16 inf", _chunk(b"\x00\x7c" * 64, length=64, encoding="fp16")),
         ("bf16 nan", _chunk(b"\xc0\x7f" * 64, length=64, encoding="bf16")),
         ("int8 scale 1e308", msgpack.packb({**msgpack.unpackb(_chunk(
-            b"\x7f" * 64, length=64, encoding="int8")), "scale": 1e308}, use_bin_type=True)),
+            b"\x7f" * 64, length=64, encoding="int8")), K["scale"]: 1e308}, use_bin_type=True)),
         ("array32 declaring 2^32-1 items", b"\xdd\xff\xff\xff\xff"),
         ("map32 declaring 2^32-1 entries", b"\xdf\xff\xff\xff\xff"),
         ("str32 declaring 4 GiB", b"\xdb\xff\xff\xff\xff"),
         ("bin32 declaring 4 GiB", b"\xc6\xff\xff\xff\xff"),
         ("ext32 declaring 4 GiB", b"\xc9\xff\xff\xff\xff\x01"),
-        ("timestamp ext", msgpack.packb({"v": 1, "k": "status", "job": msgpack.Timestamp(1)})),
+        ("timestamp ext", msgpack.packb({"v": 2, "k": "status", "j": msgpack.Timestamp(1)})),
         ("100,000 nested arrays", b"\x91" * 100_000 + b"\xc0"),
         ("payload of max_payload + 1 bytes", b"\xc0" * (LIMITS.max_payload + 1)),
         ("trailing byte", encode(Control(job="j", command="stop")) + b"\xc0"),
         ("uint64 max version", msgpack.packb({"v": 2**64 - 1, "k": "control"})),
         ("v = true", msgpack.packb({"v": True, "k": "control"})),
         ("1 MiB: 104 x 10,000 empty arrays in a layout", _header_map(
-            "layout", b"\xdc\x00\x68" + wide * 104)),
+            WIRE_KEYS[JobSpec]["layout"], b"\xdc\x00\x68" + wide * 104)),
         ("1 MiB: 104 x 10,000 empty maps in a layout", _header_map(
-            "layout", b"\xdc\x00\x68" + wide_maps * 104)),
+            WIRE_KEYS[JobSpec]["layout"], b"\xdc\x00\x68" + wide_maps * 104)),
     ]  # fmt: skip
 
 

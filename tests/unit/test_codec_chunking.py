@@ -28,6 +28,7 @@ from fedmq.codec import (
     split_vector,
 )
 from fedmq.codec.chunking import digest
+from fedmq.codec.wire import WIRE_KEYS
 from fedmq.errors import CodecError, DigestMismatch, LimitExceeded
 
 pytestmark = pytest.mark.unit
@@ -168,14 +169,15 @@ def test_header_bound_is_a_bound_and_tight() -> None:
         scale=1e-300,
         digest=digest(b""),
         data=b"",
+        sig=b"s" * 64,
     )
     actual = len(encode(chunk))
     assert actual <= bound
     # the only slack: "bf16+zstd" takes 10 bytes of the 130 reserved for a codec string, the
     # length 63 one byte of 9, the empty data's bin8 header 2 bytes of 5
     assert bound - actual == 120 + 8 + 3
-    assert bound == 2851  # documented in docs/protocol.md
-    assert MIN_PAYLOAD == bound + ALIGN * 4 == 3107
+    assert bound == 2842  # documented in docs/protocol.md
+    assert MIN_PAYLOAD == bound + ALIGN * 4 == 3098
     assert header_size_bound(Limits(max_metrics=1)) < bound
 
 
@@ -322,9 +324,15 @@ def test_impossible_geometry_and_fields_are_rejected(changes: dict[str, Any], ne
 
 def test_geometry_lies_on_the_wire_are_rejected_at_decode() -> None:
     body = msgpack.unpackb(encode(make_chunk(VALUES)), raw=False)
-    for field, value in [("offset", 1), ("total", 100), ("index", 5), ("length", -1)]:
-        with pytest.raises(CodecError):
-            decode(msgpack.packb({**body, field: value}, use_bin_type=True))
+    keys = WIRE_KEYS[TensorChunk]
+    for field, value, needle in [
+        ("offset", 1, "multiple of"),
+        ("total", 100, "ends past total"),
+        ("index", 5, "index must be < count"),
+        ("length", -1, "length"),
+    ]:
+        with pytest.raises(CodecError, match=needle):
+            decode(msgpack.packb({**body, keys[field]: value}, use_bin_type=True))
 
 
 def test_nan_and_inf_are_rejected_unless_allowed() -> None:

@@ -17,6 +17,7 @@ from fedmq.codec.messages import (
     Status,
     TensorChunk,
 )
+from fedmq.codec.signing import BadSignature, sign, signing_bytes, verify
 from fedmq.codec.spec import CodecSpec, codec_names
 from fedmq.codec.tensors import decode_values, encode_chunk, encode_values
 
@@ -26,6 +27,7 @@ __all__ = [
     "DIGEST_SIZE",
     "MIN_PAYLOAD",
     "SCHEMA_VERSION",
+    "BadSignature",
     "CodecSpec",
     "Control",
     "ErrorFeedback",
@@ -46,5 +48,8 @@ __all__ = [
     "encode_values",
     "header_size_bound",
     "min_payload",
+    "sign",
+    "signing_bytes",
     "split_vector",
+    "verify",
 ]

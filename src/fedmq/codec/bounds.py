@@ -11,9 +11,10 @@ import functools
 from dataclasses import fields
 
 from fedmq.codec.limits import ALIGN, DEFAULT_LIMITS, DIGEST_SIZE, Limits
-from fedmq.codec.messages import CHUNK_ROLES, TensorChunk
+from fedmq.codec.messages import CHUNK_ROLES, SIG_SIZE, TensorChunk
 from fedmq.codec.spec import CodecSpec
 from fedmq.codec.tensors import max_data_bytes
+from fedmq.codec.wire import WIRE_KEYS
 
 NUMBER = 9  # largest msgpack int (uint64/int64) or float (float64), tag included
 BIN_HEADER = 5  # largest msgpack bin header (bin32)
@@ -44,11 +45,12 @@ def header_size_bound(limits: Limits = DEFAULT_LIMITS) -> int:
         "metrics": map_header(limits.max_metrics) + limits.max_metrics * (name + NUMBER),
         "digest": bin_size(DIGEST_SIZE),
         "data": BIN_HEADER,
+        "sig": bin_size(SIG_SIZE),
     }
-    keys = [f.name for f in fields(TensorChunk)]
+    keys = WIRE_KEYS[TensorChunk]
     size = map_header(len(keys) + 2) + str_size(1) + 1 + str_size(1) + str_size(len("chunk"))
-    for key in keys:
-        size += str_size(len(key)) + value_bound.get(key, NUMBER)
+    for f in fields(TensorChunk):
+        size += str_size(len(keys[f.name])) + value_bound.get(f.name, NUMBER)
     return size
 
 

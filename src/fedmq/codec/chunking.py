@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +55,7 @@ def split_vector(
     metrics: Mapping[str, float] | None = None,
     rng: np.random.Generator | None = None,
     decoded: F32 | None = None,
+    signer: Callable[[TensorChunk], TensorChunk] | None = None,
 ) -> list[bytes]:
     """Encode `flat` as chunk payloads of at most `max_payload` bytes each.
 
@@ -67,7 +68,7 @@ def split_vector(
     `np.random.default_rng(0)`: reproducible, but the same draws on every call, so pass a
     generator seeded per round (and per sender) for rounding that averages out across rounds.
     `decoded`, a float32 array of flat's size, receives exactly what a receiver will decode
-    (for `ErrorFeedback.update`).
+    (for `ErrorFeedback.update`). `signer` (see `signing.sign`) adds each chunk's signature.
     """
     if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1:
         raise CodecError("split_vector needs a 1-D float32 numpy array")
@@ -112,6 +113,8 @@ def split_vector(
             digest=digest(data),
             data=data,
         )
+        if signer is not None:
+            chunk = signer(chunk)
         payload = encode(chunk)
         if len(payload) > max_payload:  # unreachable by the bound above; never send it anyway
             raise CodecError(f"internal: chunk payload {len(payload)} > max_payload {max_payload}")

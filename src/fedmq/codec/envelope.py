@@ -1,4 +1,7 @@
-"""Messages <-> msgpack payloads: {"v": SCHEMA_VERSION, "k": kind, <field>: <value>, ...}."""
+"""Messages <-> msgpack payloads: {"v": SCHEMA_VERSION, "k": kind, <key>: <value>, ...}.
+
+Each field travels under its short key from `wire.WIRE_KEYS`.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from fedmq.codec.messages import (
     RoundTask,
     TensorChunk,
 )
+from fedmq.codec.wire import FIELD_OF, WIRE_KEYS
 from fedmq.errors import CodecError, LimitExceeded, SchemaVersionError
 
 M = TypeVar("M", bound=Message)
@@ -33,9 +37,10 @@ def encode(msg: Message) -> bytes:
     if kind is None:
         raise CodecError(f"not a message: {type(msg).__name__}")
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "k": kind}
+    keys = WIRE_KEYS[type(msg)]
     for name in _FIELDS[type(msg)]:
         value = getattr(msg, name)
-        body[name] = dict(value) if name == "metrics" else value
+        body[keys[name]] = dict(value) if name == "metrics" else value
     try:
         return bytes(msgpack.packb(body, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -144,12 +149,13 @@ def decode(
         raise CodecError(f"unknown message kind {kind!r}")
     if expect is not None and cls is not expect:
         raise CodecError(f"expected {expect.__name__}, got {cls.__name__}")
-    names = _FIELDS[cls]
+    field_of = FIELD_OF[cls]
     keys = set(body) - {"v", "k"}
-    if missing := set(names) - keys:
-        raise CodecError(f"{cls.__name__} misses fields {sorted(missing)}")
-    if unknown := keys - set(names):
+    if missing := set(field_of) - keys:
+        named = sorted(f"{field_of[k]} ({k!r})" for k in missing)
+        raise CodecError(f"{cls.__name__} misses fields {named}")
+    if unknown := keys - set(field_of):
         raise CodecError(f"{cls.__name__} has unknown fields {sorted(map(repr, unknown))}")
-    msg = cls(**{name: body[name] for name in names})
+    msg = cls(**{name: body[key] for key, name in field_of.items()})
     check_limits(msg, limits)
     return msg

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 from fedmq.errors import ConfigError
 
-SCHEMA_VERSION: int = 1  # the "v" of every envelope this build writes and reads
+SCHEMA_VERSION: int = 2  # the "v" of every envelope this build writes and reads (2: short keys)
 ALIGN: int = 64  # chunk offsets are multiples of ALIGN elements (the last chunk may be shorter)
 DIGEST_SIZE: int = 16  # bytes of blake2b(data, digest_size=16) carried by every chunk
 INT_MAX: int = 2**63 - 1  # every integer field is in [0, INT_MAX]: fits int64 and uint64 alike
@@ -32,7 +32,7 @@ class Limits:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"Limits.{f.name} must be a positive int, got {value!r}")
         if self.max_name_len < 16:
-            # the envelope's own keys ("participants", "num_samples"...) must fit as strings
+            # kind names, codec specs and metric names must fit as strings
             raise ConfigError(f"Limits.max_name_len must be >= 16, got {self.max_name_len}")
 
 

@@ -18,6 +18,9 @@ STATUS_ROLES = ("edge", "cloud")
 # global model from the cloud | delta from an edge | change of the global model from the cloud
 CHUNK_ROLES = ("model", "update", "delta")
 COMMANDS = ("stop",)
+# sync: rounds with a deadline; async: edges train whenever free, the cloud buffers (FedBuff)
+MODES = ("sync", "async")
+SIG_SIZE = 64  # an Ed25519 signature
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -91,6 +94,8 @@ class RoundTask:
     lr: float  # >= 0
     momentum: float  # SGD momentum in [0, 1); the buffer starts from zero every round
     codec: str  # codec spec the edges use for their updates
+    mode: str = "sync"  # "sync" | "async" (an async update is never too late to send)
+    attempt: int = 0  # bumped when a restarted cloud re-issues a round: edges resend
 
     def __post_init__(self) -> None:
         _set(self, "job", f.text("RoundTask.job", self.job, topic=True))
@@ -105,6 +110,8 @@ class RoundTask:
         if self.momentum >= 1.0:
             raise CodecError(f"RoundTask.momentum must be < 1, got {self.momentum}")
         _set(self, "codec", f.codec("RoundTask.codec", self.codec))
+        _set(self, "mode", f.choice("RoundTask.mode", self.mode, MODES))
+        _set(self, "attempt", f.integer("RoundTask.attempt", self.attempt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +134,7 @@ class TensorChunk:
     metrics: Mapping[str, float] = field(hash=False)  # small (<= 16), usually only on index 0
     digest: bytes = field(repr=False)  # blake2b(data, digest_size=16)
     data: bytes = field(repr=False)  # encoded values
+    sig: bytes = field(default=b"", repr=False)  # Ed25519 over `signing_bytes`, or empty
 
     def __post_init__(self) -> None:
         _set(self, "job", f.text("TensorChunk.job", self.job, topic=True))
@@ -140,6 +148,9 @@ class TensorChunk:
         _set(self, "metrics", f.metrics("TensorChunk.metrics", self.metrics))
         _set(self, "digest", f.blob("TensorChunk.digest", self.digest))
         _set(self, "data", f.blob("TensorChunk.data", self.data))
+        _set(self, "sig", f.blob("TensorChunk.sig", self.sig))
+        if len(self.sig) not in (0, SIG_SIZE):
+            raise CodecError(f"TensorChunk.sig must be empty or {SIG_SIZE} bytes")
         self._check_geometry()
         if len(self.digest) != DIGEST_SIZE:
             raise CodecError(f"TensorChunk.digest must be {DIGEST_SIZE} bytes")
