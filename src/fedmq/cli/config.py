@@ -42,6 +42,14 @@ class RunConfig:
     strategy: str = "fedavg"  # fedavg | median | trimmed_mean | krum | multikrum | normclip
     sample_rounds: int = 3  # rounds the estimator runs ahead in-process to learn codec sizes
     fleet: str = ""  # device profiles, e.g. esp32s3-wifi:4,pi4-ethernet:4 (sets clients)
+    server_opt: str = "none"  # none | fedavgm | fedadam | fedyogi | fedadagrad
+    server_lr: float = 0.0  # the server optimizer's learning rate; 0: its own default
+    prox_mu: float = 0.0  # FedProx proximal term on the edges; 0 is plain local SGD
+    mode: str = "sync"  # sync rounds, or async (FedBuff: the cloud never waits)
+    buffer_size: int = 5  # async: updates per server step (K)
+    max_staleness: int = 10  # async: versions an update may lag before it is rejected
+    staleness: str = "poly:0.5"  # async: constant | poly:A | hinge:A:B | exp:A
+    drift: str = "none"  # edges' data over rounds: none | grow:F | labels:P
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.rounds < 1:
@@ -53,6 +61,10 @@ class RunConfig:
             )
         if self.threads < 1:
             raise ConfigError("threads must be at least 1")
+        if self.mode not in ("sync", "async"):
+            raise ConfigError(f"mode must be sync or async, got {self.mode!r}")
+        if self.server_lr < 0 or self.prox_mu < 0:
+            raise ConfigError("server_lr and prox_mu must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,7 @@ run is compared against afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,6 +23,11 @@ from fedmq.cloud_node import (
     Strategy,
     TrimmedMean,
 )
+from fedmq.cloud_node.fedadagrad import FedAdagrad
+from fedmq.cloud_node.fedadam import FedAdam
+from fedmq.cloud_node.fedavgm import FedAvgM
+from fedmq.cloud_node.fedyogi import FedYogi
+from fedmq.cloud_node.serveropt import ServerOptimizer, ServerOptStrategy
 from fedmq.codec import MIN_PAYLOAD, CodecSpec, ErrorFeedback, JobSpec, split_vector
 from fedmq.errors import ConfigError
 from fedmq.tinyml_profiles import Profile, format_bytes, parse_fleet
@@ -266,9 +271,27 @@ def round_timeout_for(setup: Setup, est: Estimate | None) -> float:
 
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "normclip")
+SERVER_OPTS = ("none", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
+    """The aggregation rule, followed by the server optimizer if one is chosen."""
+    base = _base_strategy(cfg)
+    if cfg.server_opt == "none":
+        return base
+    options = {"lr": cfg.server_lr} if cfg.server_lr > 0 else {}
+    optimizers: dict[str, Callable[..., ServerOptimizer]] = {
+        "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
+    }  # fmt: skip
+    make = optimizers.get(cfg.server_opt)
+    if make is None:
+        raise ConfigError(
+            f"unknown server optimizer {cfg.server_opt!r}; choose from {', '.join(SERVER_OPTS)}"
+        )
+    return ServerOptStrategy(base=base, optimizer=make(**options))
+
+
+def _base_strategy(cfg: RunConfig) -> Strategy:
     """The cloud's aggregation rule by name; the robust ones resist Byzantine edges."""
     fraction, least = cfg.fraction, cfg.min_fit
     f = max(1, cfg.clients // 5)  # tolerate a fifth of the edges

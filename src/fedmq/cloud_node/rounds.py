@@ -8,10 +8,13 @@ knows when every selected client has delivered all its chunks. No I/O, no clock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedmq.cloud_node.strategy import Aggregator
-from fedmq.codec import Limits, TensorChunk, chunk_values
+from fedmq.codec import BadSignature, Limits, TensorChunk, chunk_values, verify
 from fedmq.errors import CodecError
 
 
@@ -21,6 +24,7 @@ class Verdict(enum.Enum):
     STALE = "stale"  # for another round or model version
     UNEXPECTED = "unexpected"  # from a client not selected, or not matching its topic
     MALFORMED = "malformed"  # a header that lies, or values that do not decode
+    FORGED = "forged"  # unsigned, or not signed by the sender's enrolled key
 
 
 @dataclass
@@ -30,6 +34,7 @@ class RoundCounters:
     stale: int = 0
     unexpected: int = 0
     malformed: int = 0
+    forged: int = 0
 
     def count(self, verdict: Verdict) -> None:
         setattr(self, verdict.value, getattr(self, verdict.value) + 1)
@@ -58,12 +63,14 @@ class RoundTracker:
         aggregator: Aggregator,
         limits: Limits,
         max_samples: int = 10_000_000,
+        keys: Mapping[str, Ed25519PublicKey] | None = None,
     ) -> None:
         self.job, self.round, self.version, self.total = job, round, version, total
         self.selected = frozenset(selected)
         self.aggregator = aggregator
         self.limits = limits
         self.max_samples = max_samples
+        self.keys = keys  # None: signatures are not required
         self.counters = RoundCounters()
         self._progress: dict[str, _ClientProgress] = {}
 
@@ -79,6 +86,14 @@ class RoundTracker:
             return Verdict.STALE
         if chunk.sender != topic_sender or chunk.sender not in self.selected:
             return Verdict.UNEXPECTED
+        if self.keys is not None:
+            key = self.keys.get(chunk.sender)
+            if key is None:
+                return Verdict.FORGED
+            try:
+                verify(chunk, key)
+            except BadSignature:
+                return Verdict.FORGED
         if chunk.total != self.total or not 0 < chunk.num_samples <= self.max_samples:
             return Verdict.MALFORMED
         progress = self._progress.get(chunk.sender)

@@ -10,12 +10,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fedmq.cloud_node import checkpoint
+from fedmq.cloud_node.asynchronous import AsyncLoop
 from fedmq.cloud_node.fedavg import FedAvg
 from fedmq.cloud_node.rounds import RoundTracker, Verdict
+from fedmq.cloud_node.staleness import Staleness
 from fedmq.cloud_node.strategy import Strategy
 from fedmq.codec import (
     CodecSpec,
@@ -31,8 +36,10 @@ from fedmq.codec import (
     split_vector,
 )
 from fedmq.errors import CodecError, ConfigError
+from fedmq.security.keys import load_trusted
 from fedmq.transport import ByteMeter, Session, SessionConfig, Topics
 from fedmq.workloads import Dataset, build_model, evaluate, get_flat, layout, load_dataset
+from fedmq.workloads.drift import DriftSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,19 @@ class CloudConfig:
     start_timeout: float = 300.0  # seconds to wait for `min_clients` edges to come online
     username: str | None = None
     password: str | None = None
+    tls_ca: str | None = None  # CA file for mqtts:// (None: the system store)
+    tls_cert: str | None = None  # client certificate + key, for brokers that require them
+    tls_key: str | None = None
+    trusted_keys: str = ""  # folder of <edge>.pub Ed25519 keys: only updates they signed count
+    prox_mu: float = 0.0  # FedProx proximal term the edges add to their loss (0: off)
+    drift: str = "none"  # how each edge's data changes over rounds (workloads.drift)
+    mode: str = "sync"  # sync: rounds with deadlines; async: FedBuff, the cloud never waits
+    buffer_size: int = 5  # async: apply the buffer after this many accepted updates (K)
+    max_staleness: int = 10  # async: reject updates based on a version older than this
+    staleness: str = "poly:0.5"  # async: weight of a stale update (see cloud_node.staleness)
+    max_reassembly_bytes: int = 256 << 20  # async: bytes of update chunks held while incomplete
+    checkpoint: str = ""  # file written atomically after every round ("" = none)
+    resume: bool = False  # start from `checkpoint` when it exists
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,10 +97,16 @@ class CloudConfig:
             (self.local_epochs >= 1 and self.batch_size >= 1, "local_epochs and batch_size >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (not self.resume or bool(self.checkpoint), "resume needs a checkpoint file"),
+            (self.mode in ("sync", "async"), "mode must be sync or async"),
+            (self.mode == "sync" or not self.checkpoint, "checkpoints are for sync mode only"),
+            (self.buffer_size >= 1 and self.max_staleness >= 0, "buffer_size >= 1, staleness >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        Staleness.parse(self.staleness)
+        DriftSpec.parse(self.drift)
         for spec in (self.codec, self.downlink_codec, self.delta_codec):
             try:
                 CodecSpec.parse(spec)
@@ -110,10 +136,11 @@ class RoundRecord:
     seconds: float  # the whole round, evaluation included
     round_seconds: float  # model publish to aggregate ready: the part links and devices bound
     quorum_met: bool
-    counters: dict[str, int]
+    counters: dict[str, int]  # chunk verdicts: accepted, duplicate, stale, forged...
     cloud_sent: int  # bytes the cloud's socket sent / received during the round
     cloud_received: int
     client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    elapsed: float = 0.0  # seconds since the first round began (async: accuracy over time)
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,8 @@ class CloudResult:
     version: int
     malformed: int  # payloads that did not decode at all
     stale: int  # chunks that arrived outside their round
+    forged: int = 0  # update chunks without a valid signature of their sender
+    resumed_from: int = 0  # the round of the checkpoint this run resumed from (0: none)
 
     @property
     def final_accuracy(self) -> float:
@@ -149,7 +178,11 @@ class CloudNode:
         self.online: dict[str, Status] = {}
         self.malformed = 0
         self.stale = 0
+        self.forged = 0
+        self._keys = load_trusted(config.trusted_keys) if config.trusted_keys else None
+        self._attempt = 0
         self._tracker: RoundTracker | None = None
+        self._async: AsyncLoop | None = None
         self._round_done = asyncio.Event()
         self._presence = asyncio.Event()
         self._session: Session | None = None
@@ -188,12 +221,17 @@ class CloudNode:
         elif self.online.pop(node, None) is not None:
             log.info("edge %s offline", node)
         self._presence.set()
+        if self._async is not None:
+            self._async.presence_changed.set()
 
     def _on_update(self, node: str, payload: bytes) -> None:
         try:
             chunk = decode(payload, self.limits, expect=TensorChunk)
         except CodecError as exc:
             self._bad(self.topics.update(node), exc)
+            return
+        if self._async is not None:
+            self._async.offer(chunk, node)
             return
         tracker = self._tracker
         if tracker is None:
@@ -205,6 +243,10 @@ class CloudNode:
             tracker.counters.malformed -= 1  # _bad counted it already
         elif verdict is Verdict.STALE:
             self.stale += 1
+        elif verdict is Verdict.FORGED:
+            self.forged += 1
+            if self.forged <= 20 or self.forged % 1000 == 0:
+                log.warning("rejected unsigned or forged update chunk from %s", node)
         if tracker.done:
             self._round_done.set()
 
@@ -246,9 +288,8 @@ class CloudNode:
         job = JobSpec(
             job=cfg.job, model=cfg.model, dataset=cfg.dataset, partition=cfg.partition,
             clients=cfg.clients, seed=cfg.seed, codec=cfg.codec, max_payload=cfg.max_payload,
-            layout=spec_layout,
+            layout=spec_layout, drift=cfg.drift, rounds=cfg.rounds,
         )  # fmt: skip
-        down = CodecSpec.parse(cfg.downlink_codec)
         # What every edge holds: the model they train from. Lossy deltas make it differ from
         # the cloud's model; each round's delta is taken against it, so nothing drifts.
         self._view = flat.copy()
@@ -262,20 +303,32 @@ class CloudNode:
             goodbye=(self.topics.status(cfg.node_id), _status(cfg, online=False)),
             username=cfg.username,
             password=cfg.password,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
             max_packet=max(2 << 20, 2 * cfg.max_payload),
         )
         records: list[RoundRecord] = []
         rng = np.random.default_rng(cfg.seed)
-        version = 0
+        version = first = 0
+        if cfg.resume:
+            flat, version, first = self._restore(Path(cfg.checkpoint), flat, rng, records)
         async with Session(session_cfg, self._on_message, self.meter) as session:
             self._session = session
             await self._publish(self.topics.task, b"", retain=True)  # clear a previous run's task
             await self._publish(self.topics.jobspec, encode(job), retain=True)
             log.info("job %s published; waiting for %d edges", cfg.job, cfg.wait_for)
             await self.wait_for_edges(cfg.wait_for, cfg.start_timeout)
-            for rnd in range(1, cfg.rounds + 1):
-                record, flat, version = await self._round(rnd, version, flat, down, rng, test)
+            if cfg.mode == "async":
+                self._async = AsyncLoop(self, flat.size)
+                records, flat = await self._async.run(flat, test, on_round)
+                version = self._async.version
+                self.forged += self._async.forged
+            for rnd in range(first + 1, cfg.rounds + 1 if cfg.mode == "sync" else 1):
+                record, flat, version = await self._round(rnd, version, flat, rng, test)
                 records.append(record)
+                if cfg.checkpoint:
+                    self._save(Path(cfg.checkpoint), rnd, version, flat, rng, records)
                 if on_round is not None:
                     on_round(record)
             await self._publish(
@@ -285,14 +338,87 @@ class CloudNode:
             await self._publish(self.topics.task, b"", retain=True)
             await self._publish(self.topics.jobspec, b"", retain=True)
         self._session = None
-        return CloudResult(tuple(records), flat, spec_layout, version, self.malformed, self.stale)
+        return CloudResult(
+            tuple(records), flat, spec_layout, version, self.malformed, self.stale,
+            forged=self.forged, resumed_from=first,
+        )  # fmt: skip
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """What must not change across a resume: the same job on the same data and model."""
+        cfg = self.config
+        return {"job": cfg.job, "model": cfg.model, "dataset": cfg.dataset,
+                "partition": cfg.partition, "clients": cfg.clients, "seed": cfg.seed,
+                "strategy": self.strategy.name}  # fmt: skip
+
+    def _save(
+        self,
+        path: Path,
+        rnd: int,
+        version: int,
+        flat: np.ndarray,
+        rng: np.random.Generator,
+        records: list[RoundRecord],
+    ) -> None:
+        optimizer = getattr(self.strategy, "optimizer", None)
+        meta = {
+            "identity": self._identity(),
+            "config": {k: v for k, v in asdict(self.config).items() if k != "password"},
+            "rng": rng.bit_generator.state,
+            "records": [asdict(r) for r in records],
+            "malformed": self.malformed,
+            "stale": self.stale,
+            "forged": self.forged,
+        }
+        checkpoint.save(
+            path,
+            checkpoint.Checkpoint(
+                round=rnd, version=version, attempt=self._attempt, flat=flat, view=self._view,
+                pending_delta=tuple(self._pending_delta), meta=meta,
+                optimizer=optimizer.state() if optimizer is not None else {},
+            ),
+        )  # fmt: skip
+
+    def _restore(
+        self, path: Path, flat: np.ndarray, rng: np.random.Generator, records: list[RoundRecord]
+    ) -> tuple[np.ndarray, int, int]:
+        if not path.exists():
+            log.info("no checkpoint at %s yet: starting from round 1", path)
+            return flat, 0, 0
+        ckpt = checkpoint.load(path)
+        if ckpt.meta.get("identity") != self._identity():
+            raise ConfigError(
+                f"checkpoint {path} is of another run: {ckpt.meta.get('identity')} "
+                f"!= {self._identity()}"
+            )
+        if ckpt.flat.shape != flat.shape or ckpt.view.shape != flat.shape:
+            raise ConfigError(f"checkpoint {path}: model size {ckpt.flat.size} != {flat.size}")
+        rng.bit_generator.state = ckpt.meta["rng"]
+        for r in ckpt.meta["records"]:
+            records.append(
+                RoundRecord(**{**r, "selected": tuple(r["selected"]),
+                               "participants": tuple(r["participants"])})
+            )  # fmt: skip
+        optimizer = getattr(self.strategy, "optimizer", None)
+        if optimizer is not None and ckpt.optimizer:
+            optimizer.load_state(ckpt.optimizer)
+        self.malformed, self.stale = ckpt.meta["malformed"], ckpt.meta["stale"]
+        self.forged = ckpt.meta.get("forged", 0)
+        self._view = ckpt.view.astype(np.float32)
+        self._pending_delta = list(ckpt.pending_delta)
+        self._attempt = ckpt.attempt + 1  # edges resend what they sent for a re-issued round
+        log.info(
+            "resumed from %s: round %d done, version %d, attempt %d",
+            path, ckpt.round, ckpt.version, self._attempt,
+        )  # fmt: skip
+        return ckpt.flat.astype(np.float32), ckpt.version, ckpt.round
 
     async def _round(
         self,
         rnd: int,
         version: int,
         flat: np.ndarray,
-        down: CodecSpec,
         rng: np.random.Generator,
         test: Dataset,
     ) -> tuple[RoundRecord, np.ndarray, int]:
@@ -302,31 +428,16 @@ class CloudNode:
         selected = self.strategy.select(rnd, sorted(self.online), rng)
         tracker = RoundTracker(
             job=cfg.job, round=rnd, version=version, total=flat.size, selected=selected,
-            aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits,
+            aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits, keys=self._keys,
         )  # fmt: skip
         self._round_done.clear()
         self._tracker = tracker
-        held = np.empty_like(self._view)
-        chunks = split_vector(
-            self._view, down, max_payload=cfg.max_payload, job=cfg.job, sender=cfg.node_id,
-            role="model", round=rnd, version=version, decoded=held,
-        )  # fmt: skip
-        self._view = held  # a lossy full-model codec changes what edges hold
-        # Retained, so an edge that joins or falls behind gets this version whole; edges that
-        # hold the previous version get only the (much smaller) delta.
-        await self._session_publish_all(
-            [(self.topics.model(i), p) for i, p in enumerate(chunks)], retain=True
-        )
-        if self._pending_delta:
-            await self._session_publish_all(
-                [(self.topics.delta(i), p) for i, p in enumerate(self._pending_delta)],
-                retain=False,
-            )
-            self._pending_delta = []
+        await self._publish_model(version, round=rnd)
         task = RoundTask(
             job=cfg.job, round=rnd, version=version, selected=selected,
             deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
             batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, codec=cfg.codec,
+            attempt=self._attempt, prox_mu=cfg.prox_mu,
         )  # fmt: skip
         await self._publish(self.topics.task, encode(task), retain=True)
         try:
@@ -367,6 +478,28 @@ class CloudNode:
             client_metrics=tracker.client_metrics(),
         )  # fmt: skip
         return record, flat, version
+
+    async def _publish_model(self, version: int, *, round: int) -> None:
+        """The model edges hold, retained in full, then the pending delta to it (if any)."""
+        cfg = self.config
+        held = np.empty_like(self._view)
+        chunks = split_vector(
+            self._view, CodecSpec.parse(cfg.downlink_codec), max_payload=cfg.max_payload,
+            job=cfg.job, sender=cfg.node_id, role="model", round=round, version=version,
+            decoded=held,
+        )  # fmt: skip
+        self._view = held  # a lossy full-model codec changes what edges hold
+        # Retained, so an edge that joins or falls behind gets this version whole; edges that
+        # hold the previous version get only the (much smaller) delta.
+        await self._session_publish_all(
+            [(self.topics.model(i), p) for i, p in enumerate(chunks)], retain=True
+        )
+        if self._pending_delta:
+            await self._session_publish_all(
+                [(self.topics.delta(i), p) for i, p in enumerate(self._pending_delta)],
+                retain=False,
+            )
+            self._pending_delta = []
 
     def _prepare_delta(self, flat: np.ndarray, rnd: int, version: int) -> None:
         """Encode `flat - view` for the next round and move the view by what edges will decode."""

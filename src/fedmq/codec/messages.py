@@ -60,6 +60,8 @@ class JobSpec:
     codec: str  # codec spec for model chunks and updates
     max_payload: int  # bytes; every payload of the job fits in it
     layout: tuple[tuple[str, tuple[int, ...]], ...]  # (param name, shape) in flat order
+    drift: str = "none"  # how each edge's data changes over the rounds (workloads.drift)
+    rounds: int = 0  # rounds the job is planned for (drift schedules end there); 0: unknown
 
     def __post_init__(self) -> None:
         _set(self, "job", f.text("JobSpec.job", self.job, topic=True))
@@ -74,6 +76,8 @@ class JobSpec:
         if self.max_payload < MIN_PAYLOAD:
             raise CodecError(f"JobSpec.max_payload {self.max_payload} < minimum {MIN_PAYLOAD}")
         _set(self, "layout", f.layout("JobSpec.layout", self.layout))
+        _set(self, "drift", f.text("JobSpec.drift", self.drift))
+        _set(self, "rounds", f.integer("JobSpec.rounds", self.rounds))
 
     @property
     def num_params(self) -> int:
@@ -96,6 +100,7 @@ class RoundTask:
     codec: str  # codec spec the edges use for their updates
     mode: str = "sync"  # "sync" | "async" (an async update is never too late to send)
     attempt: int = 0  # bumped when a restarted cloud re-issues a round: edges resend
+    prox_mu: float = 0.0  # FedProx proximal term for local training; 0: plain SGD
 
     def __post_init__(self) -> None:
         _set(self, "job", f.text("RoundTask.job", self.job, topic=True))
@@ -112,6 +117,7 @@ class RoundTask:
         _set(self, "codec", f.codec("RoundTask.codec", self.codec))
         _set(self, "mode", f.choice("RoundTask.mode", self.mode, MODES))
         _set(self, "attempt", f.integer("RoundTask.attempt", self.attempt))
+        _set(self, "prox_mu", f.real("RoundTask.prox_mu", self.prox_mu, minimum=0.0))
 
 
 @dataclass(frozen=True, slots=True)

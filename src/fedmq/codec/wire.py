@@ -18,12 +18,12 @@ WIRE_KEYS: dict[type[Message], dict[str, str]] = {
     },
     KINDS["job"]: {
         "job": "j", "model": "m", "dataset": "d", "partition": "P", "clients": "c", "seed": "S",
-        "codec": "e", "max_payload": "x", "layout": "L",
+        "codec": "e", "max_payload": "x", "layout": "L", "drift": "D", "rounds": "R",
     },
     KINDS["task"]: {
         "job": "j", "round": "r", "version": "n", "selected": "c", "deadline_s": "t",
         "local_epochs": "E", "batch_size": "B", "lr": "l", "momentum": "M", "codec": "e",
-        "mode": "a", "attempt": "A",
+        "mode": "a", "attempt": "A", "prox_mu": "p",
     },
     KINDS["chunk"]: {
         "job": "j", "sender": "s", "role": "o", "round": "r", "version": "n", "index": "i",

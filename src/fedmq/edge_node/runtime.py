@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -27,9 +28,11 @@ from fedmq.codec import (
     assemble,
     decode,
     encode,
+    sign,
     split_vector,
 )
 from fedmq.errors import CodecError, ConfigError, FedmqError, ProtocolError
+from fedmq.security.keys import load_private_key
 from fedmq.transport import ByteMeter, Reassembler, Session, SessionConfig, Topics
 from fedmq.workloads import (
     Dataset,
@@ -43,6 +46,7 @@ from fedmq.workloads import (
     train_local,
     training_cost,
 )
+from fedmq.workloads.drift import DriftSpec, data_for_round
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,10 @@ class EdgeConfig:
     profile: str = ""  # device profile name, reported in the birth message
     username: str | None = None
     password: str | None = None
+    tls_ca: str | None = None  # CA file for mqtts:// (None: the system store)
+    tls_cert: str | None = None  # client certificate + key, for brokers that require them
+    tls_key: str | None = None
+    sign_key: str = ""  # Ed25519 private key file: sign every update chunk ("" = unsigned)
     model_timeout: float = 120.0  # seconds to collect all chunks of one global model
     max_model_bytes: int = 512 << 20  # bytes of chunks held while reassembling
     exit_on_stop: bool = True  # leave when the cloud says the job is done
@@ -124,6 +132,12 @@ class EdgeNode:
         self._full_wanted = False  # subscribed to the full model topic
         self._reconnects_seen = 0
         self._activity = time.monotonic()
+        # The last update sent: resent as is when a restarted cloud re-issues its round.
+        self._sent: tuple[int, int, list[bytes]] | None = None  # (round, attempt, payloads)
+        self._signer = None
+        if config.sign_key:
+            key = load_private_key(config.sign_key)
+            self._signer = functools.partial(sign, sign_fn=key.sign)
         if config.shard is None and data is None and shard_from_id(config.node_id) is None:
             raise ConfigError(
                 f"edge {config.node_id!r}: give --shard N, or a name ending in a number (edge-3)"
@@ -243,6 +257,9 @@ class EdgeNode:
             goodbye=(self.topics.status(cfg.node_id), self._status(False)),
             username=cfg.username,
             password=cfg.password,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
             keepalive=cfg.keepalive,
             publish_timeout=cfg.publish_timeout,
             connect_timeout=max(30.0, cfg.publish_timeout),
@@ -312,6 +329,14 @@ class EdgeNode:
         await self._sync_model(session, task)
         if task is None or self.config.node_id not in task.selected:
             return
+        sent = self._sent
+        if sent is not None and sent[0] == task.round and sent[1] != task.attempt:
+            # The cloud restarted and re-issued the round: what it had received may be lost.
+            self._sent = (task.round, task.attempt, sent[2])
+            topic = self.topics.update(self.config.node_id)
+            await session.publish_all([(topic, p) for p in sent[2]])
+            log.info("%s: round %d re-issued; update resent", self.config.node_id, task.round)
+            return
         if task.round <= self._last_round or self._model is None or self._model[0] != task.version:
             return
         await self._train_and_send(session, job, task, self._model[1], self._data)
@@ -353,7 +378,14 @@ class EdgeNode:
             batch_size=task.batch_size,
             lr=task.lr,
             momentum=task.momentum,
+            prox_mu=task.prox_mu,
         )
+        if job.drift != "none":
+            rounds = max(1, job.rounds)
+            data = data_for_round(
+                data, DriftSpec.parse(job.drift), round=min(max(1, task.round), rounds),
+                rounds=rounds, seed=derive_seed(job.seed, shard or 0),
+            )  # fmt: skip
         started = time.monotonic()
         async with self._slots or contextlib.nullcontext():
             result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
@@ -364,7 +396,9 @@ class EdgeNode:
             compute_seconds = emulated / self.config.compute_flops
             if compute_seconds > elapsed:  # a device faster than this host cannot be shown
                 await asyncio.sleep(compute_seconds - elapsed)
-        if self._task is not None and self._task.round != task.round:
+        # Sync: the round closed without us. Async: an update is never late, only stale, and
+        # the cloud weighs it by how stale it is.
+        if task.mode == "sync" and self._task is not None and self._task.round != task.round:
             self.dropped_late += 1
             log.warning(
                 "%s: round %d closed while training; update dropped",
@@ -386,11 +420,12 @@ class EdgeNode:
             sender=self.config.node_id, role="update", round=task.round, version=task.version,
             num_samples=result.num_samples, rng=np.random.default_rng(seed), decoded=decoded,
             metrics={"loss": result.loss, "accuracy": result.accuracy,
-                     "seconds": max(elapsed, compute_seconds)},
+                     "seconds": max(elapsed, compute_seconds)}, signer=self._signer,
         )  # fmt: skip
         if self._feedback is not None and decoded is not None:
             self._feedback.update(decoded)
         topic = self.topics.update(self.config.node_id)
+        self._sent = (task.round, task.attempt, payloads)
         await session.publish_all([(topic, p) for p in payloads])
         self.rounds_trained += 1
         self.updates_sent += 1

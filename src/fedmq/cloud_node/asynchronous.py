@@ -1,0 +1,161 @@
+"""Asynchronous mode (FedBuff): the cloud never waits for a round.
+
+Every online edge (MQTT presence: birth adds it, last will or goodbye removes it) is told to
+train from the newest version; it trains when free and publishes its update based on the
+version it trained from. Whole updates are reassembled, then offered to the pure `FedBuffer`,
+which weighs them by staleness and rejects those older than the bound. Every `buffer_size`
+accepted updates the buffer is applied (through the strategy's server optimizer, if it has
+one), the version moves on, and the newest model goes out: retained in full for edges that
+join or fall behind, as a delta for the rest, with a new task naming who is online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedmq.cloud_node.fedbuff import FedBuffConfig, FedBuffer, Offer
+from fedmq.codec import BadSignature, RoundTask, TensorChunk, assemble, encode, verify
+from fedmq.errors import CodecError
+from fedmq.transport import Deduper, Reassembler
+
+if TYPE_CHECKING:
+    from fedmq.cloud_node.runtime import CloudNode, RoundRecord
+    from fedmq.workloads import Dataset
+
+log = logging.getLogger(__name__)
+
+
+class AsyncLoop:
+    def __init__(self, node: CloudNode, size: int) -> None:
+        cfg = node.config
+        self.node = node
+        self.buffer = FedBuffer(
+            size=size,
+            config=FedBuffConfig(buffer_size=cfg.buffer_size, max_staleness=cfg.max_staleness,
+                                 staleness=cfg.staleness),
+        )  # fmt: skip
+        self.reassembler = Reassembler(max_bytes=cfg.max_reassembly_bytes, timeout_s=300.0)
+        self.seen = Deduper(keep=cfg.max_staleness + 2)  # whole updates already offered
+        self.version = 0
+        self.ready = asyncio.Event()
+        self.presence_changed = asyncio.Event()
+        self.contributors: list[str] = []
+        self.staleness: list[int] = []
+        self.forged = 0
+
+    def offer(self, chunk: TensorChunk, node_id: str) -> None:
+        """A decoded update chunk (on the MQTT reader): reassemble, then judge the whole."""
+        keys = self.node._keys
+        if chunk.role != "update" or chunk.sender != node_id or chunk.job != self.node.config.job:
+            self.buffer.counters.bad += 1
+            return
+        if keys is not None:
+            key = keys.get(chunk.sender)
+            try:
+                if key is None:
+                    raise BadSignature(f"{chunk.sender} has no enrolled key")
+                verify(chunk, key)
+            except BadSignature as exc:
+                self.forged += 1
+                if self.forged <= 20:
+                    log.warning("async: rejected update chunk: %s", exc)
+                return
+        if self.version - chunk.version > self.buffer.config.max_staleness:
+            self.buffer.counters.too_stale += 1  # do not spend memory reassembling it
+            return
+        chunks = self.reassembler.add(chunk, time.monotonic())
+        if chunks is None:
+            return
+        if not self.seen.first_time(chunk.version, chunk.sender):
+            self.buffer.counters.duplicate += 1
+            return
+        try:
+            delta = assemble(chunks, self.node.limits, require_finite=True)
+        except CodecError as exc:
+            self.node._bad(self.node.topics.update(node_id), exc)
+            return
+        verdict, weight = self.buffer.offer(
+            chunk.sender, chunk.version, self.version, delta, chunk.num_samples
+        )
+        if verdict is Offer.ACCEPTED:
+            self.contributors.append(chunk.sender)
+            self.staleness.append(self.version - chunk.version)
+            log.debug("async: %s v%d accepted, weight %.3f", chunk.sender, chunk.version, weight)
+        if self.buffer.ready:
+            self.ready.set()
+
+    async def run(
+        self,
+        flat: np.ndarray,
+        test: Dataset,
+        on_round: Callable[[RoundRecord], None] | None,
+    ) -> tuple[list[RoundRecord], np.ndarray]:
+        from fedmq.cloud_node.runtime import RoundRecord
+        from fedmq.workloads import evaluate
+
+        node, cfg = self.node, self.node.config
+        records: list[RoundRecord] = []
+        started = time.perf_counter()
+        await node._publish_model(0, round=1)
+        await self._publish_task()
+        optimizer = getattr(node.strategy, "optimizer", None)
+        for update in range(1, cfg.rounds + 1):
+            before, t0 = node.meter.read(), time.perf_counter()
+            while not self.buffer.ready:
+                waiter = asyncio.ensure_future(self.ready.wait())
+                presence = asyncio.ensure_future(self.presence_changed.wait())
+                await asyncio.wait({waiter, presence}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                presence.cancel()
+                if self.presence_changed.is_set():
+                    self.presence_changed.clear()
+                    await self._publish_task()  # who is online changed: tell them to train
+                self.ready.clear()
+            samples = self.buffer._samples
+            contributors, stale = self.contributors, self.staleness
+            self.contributors, self.staleness = [], []
+            change = self.buffer.flush()
+            flat = (
+                optimizer.step(flat, change) if optimizer is not None else flat + change
+            ).astype(np.float32)
+            self.version += 1
+            node._prepare_delta(flat, self.version + 1, self.version)
+            await node._publish_model(self.version, round=self.version + 1)
+            await self._publish_task()
+            round_seconds = time.perf_counter() - t0
+            loss, accuracy = await asyncio.to_thread(evaluate, cfg.model, flat, test)
+            after = node.meter.read()
+            record = RoundRecord(
+                round=update, version=self.version, accuracy=accuracy, loss=loss,
+                selected=tuple(sorted(node.online)), participants=tuple(contributors),
+                num_samples=int(samples), seconds=time.perf_counter() - t0,
+                round_seconds=round_seconds, quorum_met=True,
+                counters={**self.buffer.counters.as_dict(), "forged": self.forged,
+                          "max_staleness_seen": max(stale, default=0)},
+                cloud_sent=after.sent - before.sent,
+                cloud_received=after.received - before.received,
+                elapsed=time.perf_counter() - started,
+            )  # fmt: skip
+            records.append(record)
+            if on_round is not None:
+                on_round(record)
+        return records, flat
+
+    async def _publish_task(self) -> None:
+        node, cfg = self.node, self.node.config
+        online = tuple(sorted(node.online))
+        if not online:
+            return
+        task = RoundTask(
+            job=cfg.job, round=self.version + 1, version=self.version, selected=online,
+            deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, codec=cfg.codec,
+            mode="async", prox_mu=cfg.prox_mu,
+        )  # fmt: skip
+        await node._publish(node.topics.task, encode(task), retain=True)
