@@ -103,13 +103,14 @@ def _deployment(
 
 def test_separate_processes_on_the_embedded_broker(tmp_path: Path) -> None:
     port = free_port()
-    broker = subprocess.Popen([*FEDMQ, "broker", "--port", str(port)], stdout=subprocess.PIPE,
+    broker = subprocess.Popen([*FEDMQ, "broker", "--allow-anonymous",
+                               "--port", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
     try:
         wait_port(port, broker)
         _deployment(f"mqtt://127.0.0.1:{port}", port, tmp_path, broker)
         # a second broker on the same port fails with a clear message
-        clash = fedmq("broker", "--port", str(port), timeout=30)
+        clash = fedmq("broker", "--allow-anonymous", "--port", str(port), timeout=30)
         assert clash.returncode == 2
         assert "cannot listen" in clash.stderr and "another broker" in clash.stderr
     finally:

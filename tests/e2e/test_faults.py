@@ -111,7 +111,7 @@ class Deployment:
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.slow = slow
-        self.broker = Proc("broker", "--port", str(self.port))
+        self.broker = Proc("broker", "--allow-anonymous", "--port", str(self.port))
         self.procs = [self.broker]
         wait_port(self.port, self.broker.p)
         self.cloud = _cloud(self.url, tmp_path / "cloud", rounds=rounds)
@@ -158,7 +158,7 @@ def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path, slow: Path) ->
         d.cloud.wait_for("round 2/6")
         d.broker.kill()  # every retained message and session is gone with it
         time.sleep(1.0)
-        broker = d.start("broker", "--port", str(d.port))
+        broker = d.start("broker", "--allow-anonymous", "--port", str(d.port))
         wait_port(d.port, broker.p)
         assert d.cloud.finish() == 0, "".join(d.cloud.seen)[-2000:]
         for e in d.edges:

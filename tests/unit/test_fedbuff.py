@@ -37,7 +37,7 @@ def test_verdicts_weights_and_the_aggregate_by_hand() -> None:
     assert buf.offer("f", 5, 5, v(1, np.inf, 1), 10) == (Offer.BAD, 0.0)
     assert buf.offer("f", 5, 5, v(1, 1), 10) == (Offer.BAD, 0.0)
     assert buf.offer("f", 5, 5, v(1, 1, 1), 0) == (Offer.BAD, 0.0)
-    assert buf.offer("f", -1, 5, v(1, 1, 1), 10) == (Offer.BAD, 0.0)
+    assert buf.offer("f", -1, 0, v(1, 1, 1), 10) == (Offer.BAD, 0.0)  # tau 1, base < 0
     assert buf.pending == 2 and not buf.ready
     # tau 2 == max_staleness: still accepted, at weight 1/3
     verdict, weight = buf.offer("e", 3, 5, v(3, 0, 3), 30)
@@ -92,7 +92,7 @@ def test_zero_max_staleness_takes_only_fresh_updates() -> None:
 def test_state_round_trip_continues_identically() -> None:
     a = filled()
     buf = io.BytesIO()
-    np.savez(buf, **a.state())
+    np.savez(buf, **a.state())  # type: ignore[arg-type]  # numpy stubs: allow_pickle
     buf.seek(0)
     with np.load(buf, allow_pickle=False) as npz:
         b = FedBuffer(size=3, config=CFG)

@@ -217,7 +217,7 @@ def test_state_round_trip_continues_identically(make: Callable[[], ServerOptimiz
     assert int(saved["step"]) == 2 and saved["step"].shape == ()
     assert all(v.dtype == np.float64 for k, v in saved.items() if k != "step")
     buf = io.BytesIO()
-    np.savez(buf, **saved)  # arrays only: loads without pickle
+    np.savez(buf, **saved)  # type: ignore[arg-type]  # arrays only: loads without pickle
     buf.seek(0)
     with np.load(buf, allow_pickle=False) as npz:
         b = make()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -55,7 +56,7 @@ def test_weights_lie_in_zero_one_and_never_grow(spec: str) -> None:
     weights = [s.weight(t) for t in range(50)]
     assert weights[0] == 1.0
     assert all(0 < w <= 1 for w in weights)
-    assert all(b <= a for a, b in zip(weights, weights[1:], strict=False))
+    assert all(b <= a for a, b in itertools.pairwise(weights))
 
 
 def test_str_round_trips() -> None:

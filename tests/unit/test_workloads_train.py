@@ -21,6 +21,7 @@ from fedmq.workloads import (
     get_flat,
     layout,
     load_dataset,
+    proximal_term,
     train_centralized,
     train_local,
 )
@@ -189,3 +190,74 @@ def test_accel_report() -> None:
     assert int(report["threads"]) == torch.get_num_threads()
     for key in ("ipex", "onednn", "bf16_autocast", "cpu_capability"):
         assert isinstance(report[key], str) and report[key]
+
+
+# --- FedProx -----------------------------------------------------------------------------------
+
+
+def test_proximal_term_value_and_gradient_by_hand() -> None:
+    w = [torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([[0.5]], requires_grad=True)]
+    w0 = [torch.tensor([0.0, 4.0]), torch.tensor([[1.5]])]
+    term = proximal_term(w, w0, 3.0)
+    # (3 / 2) * (1^2 + (-2)^2 + (-1)^2) = 9
+    assert float(term.detach()) == pytest.approx(9.0)
+    term.backward()  # type: ignore[no-untyped-call]
+    # mu * (w - w0)
+    assert w[0].grad is not None and w[1].grad is not None
+    assert w[0].grad.tolist() == pytest.approx([3.0, -6.0])
+    assert w[1].grad.tolist() == [[pytest.approx(-3.0)]]
+
+
+def test_fedprox_adds_mu_times_the_drift_to_each_step(digits: tuple[Dataset, Dataset]) -> None:
+    # full batch, plain SGD: step 1 starts at w0, where the proximal gradient is zero, so
+    # w1 is the same with or without it; step 2 then differs by exactly -lr * mu * (w1 - w0)
+    data = digits[0].subset(np.arange(64))
+    cfg = TrainConfig(local_epochs=1, batch_size=64, lr=0.1, momentum=0.0)
+    w0 = _init("mlp")
+    w1 = train_local("mlp", w0, data, cfg, seed=0).flat
+    w1_prox = train_local("mlp", w0, data, replace(cfg, prox_mu=2.0), seed=0).flat
+    np.testing.assert_array_equal(w1_prox, w1)
+    two = replace(cfg, local_epochs=2)
+    w2 = train_local("mlp", w0, data, two, seed=0).flat
+    w2_prox = train_local("mlp", w0, data, replace(two, prox_mu=2.0), seed=0).flat
+    expected = -0.1 * 2.0 * (w1.astype(np.float64) - w0)
+    assert np.abs(expected).max() > 1e-3  # the check below is not trivially met
+    np.testing.assert_allclose(w2_prox - w2, expected, atol=1e-6)
+
+
+def test_fedprox_keeps_the_model_near_the_start(digits: tuple[Dataset, Dataset]) -> None:
+    data = digits[0].subset(np.arange(300))
+    cfg = TrainConfig(local_epochs=2)
+    w0 = _init("mlp")
+    plain = train_local("mlp", w0, data, cfg, seed=0)
+    prox = train_local("mlp", w0, data, replace(cfg, prox_mu=10.0), seed=0)
+    drift_plain = float(np.linalg.norm(plain.flat - w0))
+    drift_prox = float(np.linalg.norm(prox.flat - w0))
+    assert drift_prox < 0.5 * drift_plain
+    assert drift_prox > 0  # it still learns
+    assert prox.loss < math.log(10)  # and the reported loss is the cross-entropy alone
+
+
+def test_fedprox_zero_mu_is_the_default_and_identical(digits: tuple[Dataset, Dataset]) -> None:
+    data = digits[0].subset(np.arange(100))
+    w0 = _init("mlp")
+    assert TrainConfig().prox_mu == 0.0
+    a = train_local("mlp", w0, data, FAST, seed=3)
+    b = train_local("mlp", w0, data, replace(FAST, prox_mu=0.0), seed=3)
+    c = train_local("mlp", w0, data, replace(FAST, prox_mu=1e-3), seed=3)
+    assert np.array_equal(a.flat, b.flat) and a.loss == b.loss
+    assert not np.array_equal(a.flat, c.flat)  # any mu > 0 takes the proximal path
+
+
+@pytest.mark.parametrize("mu", [-0.1, float("nan"), float("inf")])
+def test_prox_mu_validates(mu: float) -> None:
+    with pytest.raises(ConfigError, match="prox_mu"):
+        TrainConfig(prox_mu=mu)
+
+
+def test_train_centralized_ignores_prox_mu(digits: tuple[Dataset, Dataset]) -> None:
+    train, test = digits
+    small = train.subset(np.arange(200))
+    a, _ = train_centralized("mlp", small, test, FAST, epochs=1, seed=0)
+    b, _ = train_centralized("mlp", small, test, replace(FAST, prox_mu=10.0), epochs=1, seed=0)
+    assert np.array_equal(a.flat, b.flat)

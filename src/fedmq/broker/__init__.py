@@ -1,6 +1,7 @@
 """The embedded MQTT broker (amqtt behind a packet-size guard) and configs for external brokers.
 
-`EmbeddedBroker` is an async context manager; `configs/` ships a Mosquitto config for bigger setups.
+`EmbeddedBroker` is an async context manager (passwords, topic ACL and TLS: see auth.py and
+docs/security.md); `configs/` ships Mosquitto configs, open and secured, and fedmq's ACL file.
 """
 
 from fedmq.broker.embedded import BrokerConfig, EmbeddedBroker

@@ -1,8 +1,9 @@
 """The embedded broker: amqtt on an external listener, fed through a `PacketGuard`.
 
-We own the listening socket (so port 0 gives an ephemeral port we can report) and hand each
-accepted connection to amqtt through its "external" listener type, with a reader that enforces
-the maximum packet size before amqtt buffers the body.
+We own the listening socket (so port 0 gives an ephemeral port we can report, and TLS is
+plain asyncio) and hand each accepted connection to amqtt through its "external" listener type,
+with a reader that enforces the maximum packet size before amqtt buffers the body. A password
+file and a topic ACL (fedmq.security, Mosquitto's formats) plug in as amqtt plugins.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from fedmq.errors import BrokerError, FedmqError
+from fedmq.errors import BrokerError, ConfigError, FedmqError
+from fedmq.security import Acl, PasswordFile
 from fedmq.transport.framing import PacketGuard
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,24 @@ class BrokerConfig:
     host: str = "127.0.0.1"  # loopback by default: exposing a broker is an explicit choice
     port: int = 1883  # 0 picks a free ephemeral port (tests, `fedmq run`)
     max_packet: int = 2 << 20  # bytes; twice the largest chunk we send, far below amqtt's 256 MiB
+    # True here keeps in-process uses (tests, `fedmq run`) open; `fedmq broker` defaults to False.
     allow_anonymous: bool = True  # NB amqtt: anonymous sessions get no offline queueing
-    plugins: dict[str, Any] = field(default_factory=dict)  # extra amqtt plugins (auth, ACL)
+    password_file: str | None = None  # mosquitto_passwd format (`fedmq passwd`); re-read on change
+    acl: Acl | None = None  # topic ACL (fedmq.security.load_acl / fedmq_acl); None: no limits
+    tls_cert: str | None = None  # server certificate chain, PEM: serve mqtts:// instead of mqtt://
+    tls_key: str | None = None  # its private key, PEM (None: inside tls_cert)
+    tls_ca: str | None = None  # CA of client certificates: require one from every client (mTLS)
+    plugins: dict[str, Any] = field(default_factory=dict)  # extra amqtt plugins
+
+    def __post_init__(self) -> None:
+        if not self.allow_anonymous and self.password_file is None:
+            raise ConfigError("a broker that refuses anonymous clients needs a password file")
+        if (self.tls_key or self.tls_ca) and not self.tls_cert:
+            raise ConfigError("tls_key and tls_ca need tls_cert (the server certificate)")
+
+    @property
+    def secured(self) -> bool:
+        return self.password_file is not None or self.acl is not None or not self.allow_anonymous
 
 
 class _SnapshotDict(dict[Any, Any]):
@@ -87,6 +106,7 @@ class EmbeddedBroker:
         self.config = config or BrokerConfig()
         self.rejected_packets = 0
         self.connections = 0
+        self.acl_denials: dict[str, int] = {}  # per action: publish, subscribe, receive
         self._broker: Any = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -99,35 +119,73 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        host = self.config.host
-        return f"mqtt://[{host}]:{self.port}" if ":" in host else f"mqtt://{host}:{self.port}"
+        scheme = "mqtts" if self.config.tls_cert else "mqtt"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{scheme}://{host}:{self.port}"
 
     def _amqtt_config(self) -> dict[str, Any]:
         # Giving `plugins` replaces amqtt's default set; the defaults cost ~1/3 of throughput.
+        cfg = self.config
         plugins: dict[str, Any] = {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                "allow_anonymous": self.config.allow_anonymous
+                "allow_anonymous": cfg.allow_anonymous
             },
         }
-        plugins.update(self.config.plugins)
+        if cfg.secured:
+            passwords = PasswordFile(cfg.password_file) if cfg.password_file else None
+            plugins = {
+                "fedmq.broker.auth.PasswordAuthPlugin": {
+                    "passwords": passwords, "acl": cfg.acl, "allow_anonymous": cfg.allow_anonymous,
+                },
+            }  # fmt: skip
+        if cfg.acl is not None:
+            acl_plugin = {"acl": cfg.acl, "on_denied": self._denied}
+            plugins["fedmq.broker.auth.AclTopicPlugin"] = acl_plugin
+        plugins.update(cfg.plugins)
         return {
             "listeners": {_LISTENER: {"type": "external", "bind": "127.0.0.1:0"}},
             "plugins": plugins,
         }
 
+    def _denied(self, action: str) -> None:
+        self.acl_denials[action] = self.acl_denials.get(action, 0) + 1
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"TLS certificate {cfg.tls_cert} / key {cfg.tls_key or '(in the certificate)'}: "
+                f"{exc}"
+            ) from exc
+        if cfg.tls_ca:
+            try:
+                ctx.load_verify_locations(cfg.tls_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"TLS client CA {cfg.tls_ca}: {exc}") from exc
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
     async def start(self) -> None:
         from amqtt.broker import Broker  # heavy import, only when a broker really starts
         from amqtt.errors import BrokerError as AmqttBrokerError
 
+        tls = self._tls_context()
+        config = self._amqtt_config()  # reads the password file: a ConfigError names its line
         try:
-            self._broker = Broker(self._amqtt_config())
+            self._broker = Broker(config)
             self._broker._subscriptions = _SnapshotDict()
             await self._broker.start()
         except (AmqttBrokerError, ValueError, TypeError) as exc:
             raise BrokerError(f"amqtt failed to start: {exc}") from exc
         try:
             self._server = await asyncio.start_server(
-                self._on_connect, self.config.host, self.config.port, reuse_address=True
+                self._on_connect, self.config.host, self.config.port, reuse_address=True, ssl=tls
             )
         except OSError as exc:
             await self._broker.shutdown()
@@ -136,8 +194,11 @@ class EmbeddedBroker:
                 " (is another broker running there? pick another --port)"
             ) from exc
         log.info(
-            "embedded broker listening on %s (max packet %d B)", self.url, self.config.max_packet
-        )
+            "embedded broker listening on %s (max packet %d B; anonymous %s; passwords %s; "
+            "ACL %s; client certificates %s)", self.url, self.config.max_packet,
+            "allowed" if self.config.allow_anonymous else "refused", self.config.password_file,
+            self.config.acl, "required" if self.config.tls_ca else "not required",
+        )  # fmt: skip
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from amqtt.adapters import StreamWriterAdapter

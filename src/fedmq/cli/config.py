@@ -42,7 +42,8 @@ class RunConfig:
     strategy: str = "fedavg"  # fedavg | median | trimmed_mean | krum | multikrum | normclip
     sample_rounds: int = 3  # rounds the estimator runs ahead in-process to learn codec sizes
     fleet: str = ""  # device profiles, e.g. esp32s3-wifi:4,pi4-ethernet:4 (sets clients)
-    server_opt: str = "none"  # none | fedavgm | fedadam | fedyogi | fedadagrad
+    server_opt: str = "none"  # none | serversgd | fedavgm | fedadam | fedyogi | fedadagrad
+    sparse_server_lr: float = 3.0  # server lr on top-k updates when server_opt is none; 1: off
     server_lr: float = 0.0  # the server optimizer's learning rate; 0: its own default
     prox_mu: float = 0.0  # FedProx proximal term on the edges; 0 is plain local SGD
     mode: str = "sync"  # sync rounds, or async (FedBuff: the cloud never waits)
@@ -63,8 +64,8 @@ class RunConfig:
             raise ConfigError("threads must be at least 1")
         if self.mode not in ("sync", "async"):
             raise ConfigError(f"mode must be sync or async, got {self.mode!r}")
-        if self.server_lr < 0 or self.prox_mu < 0:
-            raise ConfigError("server_lr and prox_mu must be >= 0")
+        if self.server_lr < 0 or self.prox_mu < 0 or self.sparse_server_lr <= 0:
+            raise ConfigError("server_lr and prox_mu must be >= 0, sparse_server_lr > 0")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

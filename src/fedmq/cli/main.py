@@ -49,6 +49,21 @@ HELP = {
     "compress (default 3)",
     "fleet": "device profiles per edge, e.g. esp32s3-wifi:4,pi4-ethernet:4,./mine.toml:2 "
     "(`fedmq profiles`); sets --clients, shapes each edge's link and compute",
+    "server_opt": "server optimizer on the aggregate: none, serversgd, fedavgm, fedadam, "
+    "fedyogi, fedadagrad (default none: plain FedAvg step)",
+    "sparse_server_lr": "server learning rate for top-k uplink codecs when --server-opt is "
+    "none (default 3; 1 turns it off)",
+    "server_lr": "the server optimizer's learning rate (default 0: its own default)",
+    "prox_mu": "FedProx: proximal term mu/2 |w - w_global|^2 on the edges (default 0: off)",
+    "mode": "sync: rounds with a deadline; async: FedBuff, the cloud applies every "
+    "--buffer-size updates and never waits (default sync)",
+    "buffer_size": "async: accepted updates per server step (default 5)",
+    "max_staleness": "async: an update based on a version older than this many steps is "
+    "rejected (default 10)",
+    "staleness": "async: weight of a stale update: constant, poly:A (1/(1+s)^A), hinge:A:B, "
+    "exp:A (default poly:0.5)",
+    "drift": "edges' data over the rounds: none, grow:F (start with share F of the shard, "
+    "all of it by the last round), labels:P (a label mix that rotates) (default none)",
 }
 
 
@@ -66,6 +81,34 @@ def _add_run_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None
             metavar=name.upper(),
             help=HELP.get(name, ""),
         )
+
+
+def _add_identity_flags(p: argparse.ArgumentParser) -> None:
+    """How a node proves who it is to the broker (docs/security.md)."""
+    g = p.add_argument_group("broker identity and TLS")
+    g.add_argument("--username", default=None, help="broker username (edges: their --id)")
+    g.add_argument(
+        "--password",
+        default=None,
+        help="broker password (default: $FEDMQ_PASSWORD; a flag shows in `ps`, the env does not)",
+    )
+    g.add_argument("--tls-ca", default=None, help="CA file that signed the broker's certificate")
+    g.add_argument("--tls-cert", default=None, help="client certificate, if the broker wants one")
+    g.add_argument("--tls-key", default=None, help="the client certificate's private key")
+
+
+def _identity(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    return {
+        "username": args.username,
+        "password": args.password
+        if args.password is not None
+        else os.environ.get("FEDMQ_PASSWORD"),
+        "tls_ca": args.tls_ca,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+    }
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -110,11 +153,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from fedmq.broker import BrokerConfig, EmbeddedBroker
+    from fedmq.cli.security import broker_security
+
+    config = BrokerConfig(
+        host=args.host, port=args.port, max_packet=args.max_packet, **broker_security(args)
+    )
+    if not config.tls_cert and args.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("no --tls-cert: passwords and models cross the network in clear")
 
     async def serve() -> None:
-        config = BrokerConfig(host=args.host, port=args.port, max_packet=args.max_packet)
         async with EmbeddedBroker(config) as broker:
-            print(f"fedmq broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
+            auth = "anonymous allowed" if config.allow_anonymous else "passwords required"
+            acl = config.acl.source if config.acl else "none"
+            print(f"fedmq broker listening on {broker.url}, {auth}, ACL: {acl} (Ctrl-C to stop)",
+                  flush=True)  # fmt: skip
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -125,6 +177,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_cloud(args: argparse.Namespace) -> int:
     from fedmq.cli.launcher import cloud_config
     from fedmq.cli.output import human_bytes
+    from fedmq.cli.planning import make_strategy
     from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
     from fedmq.cloud_node import CloudNode, RoundRecord
 
@@ -135,7 +188,10 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     write_json(out / "config.json", {"run": cfg.as_dict(), "role": "cloud"})
     node = CloudNode(
         cloud_config(cfg, cfg.broker, min_clients=args.min_clients,
-                     start_timeout=args.start_timeout)
+                     start_timeout=args.start_timeout, node_id=args.node_id,
+                     checkpoint=args.checkpoint or "", resume=args.resume,
+                     trusted_keys=args.trusted_keys or "", **_identity(args)),
+        strategy=make_strategy(cfg),
     )  # fmt: skip
     started = time.perf_counter()
     print(
@@ -145,7 +201,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     )
 
     def on_round(r: RoundRecord) -> None:
-        append_jsonl(out / "rounds.jsonl", {**vars(r), "elapsed": time.perf_counter() - started})
+        append_jsonl(out / "rounds.jsonl", {**vars(r), "wall": time.perf_counter() - started})
         print(
             f"round {r.round}/{cfg.rounds}  acc {r.accuracy:.4f}  "
             f"in {human_bytes(r.cloud_received)}  out {human_bytes(r.cloud_sent)}  "
@@ -154,12 +210,15 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         )
 
     result = asyncio.run(node.run(on_round=on_round))
+    if result.resumed_from:
+        print(f"resumed after round {result.resumed_from} from {args.checkpoint}")
     save_model(out / "model.pt", result.final_flat, result.layout, {"version": result.version})
     summary = {
         "final_accuracy": result.final_accuracy, "rounds": len(result.records),
         "wall_seconds": time.perf_counter() - started, "cloud_bytes_sent": node.meter.sent,
         "cloud_bytes_received": node.meter.received, "clients": cfg.clients, "codec": cfg.codec,
         "broker": cfg.broker, "malformed_messages": result.malformed,
+        "forged_chunks": result.forged, "resumed_from": result.resumed_from,
     }  # fmt: skip
     write_json(out / "summary.json", summary)
     print(f"final accuracy {result.final_accuracy:.4f}; run directory {out}")
@@ -195,6 +254,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
                 codec=args.codec or (profile.codec if profile else ""),
                 compute_flops=profile.flops if profile else 0.0,
                 keepalive=keepalive_for(profile, profile.link.max_payload) if profile else 20,
+                sign_key=args.sign_key or "",
+                **_identity(args),
             )
             return await EdgeNode(config).run()
 
@@ -320,6 +381,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedmq.security.keys import generate_keypair
+
+    for device in args.device:
+        private, public = generate_keypair(Path(args.dir), device, overwrite=args.force)
+        print(f"{device}: private {private} (keep on the device), public {public} (enrol)")
+    print(f"enrol at the cloud: fedmq cloud --trusted-keys {args.dir} (only .pub files needed)")
+    return 0
+
+
 def cmd_codecs(args: argparse.Namespace) -> int:
     from fedmq.codec import codec_names
 
@@ -353,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2 << 20,
         help="largest MQTT packet accepted, bytes (default 2097152)",
     )
+    __import__("fedmq.cli.security", fromlist=["x"]).add_broker_flags(p)  # auth, ACL, TLS
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("cloud", help="the cloud node against a running broker")
@@ -366,6 +440,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--start-timeout", type=float, default=300.0, help="seconds to wait for them (default 300)"
     )
+    p.add_argument("--node-id", default="cloud", help="the cloud's name (= its broker username)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="write the cloud's state here after every round (atomically)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint if it exists (same job, data, model and strategy)",
+    )
+    p.add_argument(
+        "--trusted-keys",
+        metavar="DIR",
+        help="only count updates signed by the <edge>.pub keys in DIR (`fedmq keys`)",
+    )
+    _add_identity_flags(p)
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="one edge node against a running broker")
@@ -386,7 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--codec", default="", help="uplink codec (default: the profile's or task's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--sign-key", metavar="FILE", help="Ed25519 key to sign every update with (`fedmq keys`)"
+    )
+    _add_identity_flags(p)
     p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("keys", help="make Ed25519 signing keys for edges (enrol the .pub files)")
+    p.add_argument("dir", help="folder for <edge>.key (stays on the device) and <edge>.pub")
+    p.add_argument("--device", action="append", required=True, help="edge id; repeat per edge")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("centralized", help="train on pooled data; compare with federated")
     _add_run_flags(p)
@@ -415,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("codecs", help="list the update codecs")
     p.set_defaults(func=cmd_codecs)
+    __import__("fedmq.cli.security", fromlist=["x"]).add_commands(sub)  # passwd, certs, acl
+    __import__("fedmq.cli.serve", fromlist=["add_parser"]).add_parser(sub)  # `fedmq serve`
     return parser
 
 

@@ -74,4 +74,17 @@ def write_plots(run_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    times = [float(r.get("training_elapsed") or r["elapsed"]) for r in rows]
+    ax.plot(times, [r["accuracy"] for r in rows], "o-", lw=2)
+    ax.set_xlabel("seconds since the first round began")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"accuracy over wall time ({summary.get('mode', 'sync')} mode)")
+    fig.tight_layout()
+    path = run_dir / "accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
     return paths

@@ -133,7 +133,7 @@ class AsyncLoop:
             after = node.meter.read()
             record = RoundRecord(
                 round=update, version=self.version, accuracy=accuracy, loss=loss,
-                selected=tuple(sorted(node.online)), participants=tuple(contributors),
+                selected=tuple(node.ready), participants=tuple(contributors),
                 num_samples=int(samples), seconds=time.perf_counter() - t0,
                 round_seconds=round_seconds, quorum_met=True,
                 counters={**self.buffer.counters.as_dict(), "forged": self.forged,
@@ -149,7 +149,7 @@ class AsyncLoop:
 
     async def _publish_task(self) -> None:
         node, cfg = self.node, self.node.config
-        online = tuple(sorted(node.online))
+        online = tuple(node.ready)
         if not online:
             return
         task = RoundTask(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,7 @@ def load(path: Path) -> Checkpoint:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         head = json.loads(arrays.pop("head").tobytes())
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"checkpoint {path} is unreadable: {exc}") from exc
     if head.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {path}: format {head.get('format')}, expected {FORMAT}")

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,15 @@ class CloudNode:
         self._presence = asyncio.Event()
         self._session: Session | None = None
 
+    @property
+    def ready(self) -> list[str]:
+        """Online edges that have joined the job (they report their samples): the ones to ask.
+
+        A birth comes at connect, before the edge has its data; asking it to train then only
+        costs the round its deadline.
+        """
+        return sorted(n for n, s in self.online.items() if s.num_samples > 0)
+
     # -- messages (sync and fast: they run on the MQTT reader) --------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -259,7 +268,7 @@ class CloudNode:
     async def wait_for_edges(self, count: int, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                while len(self.online) < count:
+                while len(self.ready) < count:
                     self._presence.clear()
                     try:
                         async with asyncio.timeout(10.0):
@@ -270,8 +279,9 @@ class CloudNode:
                         await self._session.resubscribe(self.topics.status_all)
         except TimeoutError:
             raise ConfigError(
-                f"only {len(self.online)} of {count} edges came online in {timeout:.0f} s "
-                f"(online: {', '.join(sorted(self.online)) or 'none'})"
+                f"only {len(self.ready)} of {count} edges joined in {timeout:.0f} s "
+                f"(joined: {', '.join(self.ready) or 'none'}; "
+                f"online: {', '.join(sorted(self.online)) or 'none'})"
             ) from None
 
     async def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> CloudResult:
@@ -324,13 +334,18 @@ class CloudNode:
                 records, flat = await self._async.run(flat, test, on_round)
                 version = self._async.version
                 self.forged += self._async.forged
+            began = time.perf_counter()
             for rnd in range(first + 1, cfg.rounds + 1 if cfg.mode == "sync" else 1):
                 record, flat, version = await self._round(rnd, version, flat, rng, test)
+                record = replace(record, elapsed=time.perf_counter() - began)
                 records.append(record)
                 if cfg.checkpoint:
                     self._save(Path(cfg.checkpoint), rnd, version, flat, rng, records)
                 if on_round is not None:
                     on_round(record)
+            if cfg.mode == "sync" and records:
+                # The last round's result: to edges (which keep it to use) and serving nodes.
+                await self._publish_model(version, round=cfg.rounds + 1)
             await self._publish(
                 self.topics.control,
                 encode(Control(job=cfg.job, command="stop", reason="rounds done")),
@@ -425,7 +440,7 @@ class CloudNode:
         cfg = self.config
         started = time.perf_counter()
         before = self.meter.read()
-        selected = self.strategy.select(rnd, sorted(self.online), rng)
+        selected = self.strategy.select(rnd, self.ready, rng)
         tracker = RoundTracker(
             job=cfg.job, round=rnd, version=version, total=flat.size, selected=selected,
             aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits, keys=self._keys,

@@ -270,11 +270,22 @@ def estimate(
             RoundEstimate(rnd, selected, up, down, w_fp32 * len(selected), bound, slowest)
         )
 
-    # Teardown: the stop, the cleared task and job, the goodbye status and DISCONNECT.
+    # Teardown: the final model change (the last round's result), the stop, the cleared task
+    # and job, the goodbye status and DISCONNECT.
+    final = change_tmpls[min(plan.rounds, len(change_tmpls)) - 1]
+    final_pub = sum(
+        mq.publish_size(
+            topics.delta(i),
+            len(encode(dataclasses.replace(c, round=plan.rounds + 1, version=plan.rounds))),
+        )
+        for i, c in enumerate(final)
+    )
     stop = Control(job=job.job, command="stop", reason="rounds done")
     control = mq.publish_size(topics.control, len(encode(stop)))
     teardown_up = teardown_down = 0
     for e in plan.edges:
+        teardown_down += final_pub
+        teardown_up += len(final) * mq.PUBACK
         teardown_down += control + clear_task + mq.publish_size(topics.jobspec, 0) + mq.PUBACK
         teardown_up += mq.PUBACK + mq.publish_size(topics.status(e.node_id), status(e, False, 0))
         teardown_up += mq.DISCONNECT

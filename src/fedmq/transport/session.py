@@ -65,6 +65,8 @@ class SessionConfig:
     username: str | None = None
     password: str | None = None
     tls_ca: str | None = None  # CA file for mqtts://; None uses the system store
+    tls_cert: str | None = None  # client certificate (PEM), for brokers that require one
+    tls_key: str | None = None  # its private key (PEM); None: inside tls_cert
     keepalive: int = 20  # seconds; the broker declares us dead after 1.5x this
     connect_timeout: float = 30.0  # how long __aenter__ waits for the first connection
     backoff_min: float = 0.2  # first reconnect delay, doubled per failure ...
@@ -83,6 +85,7 @@ class Session:
     ) -> None:
         self.config = config
         self.address = parse_broker_url(config.url)
+        self._tls = _tls_context(config, self.address.tls)  # hostname checked; no insecure mode
         self.meter = meter or ByteMeter()
         self.reconnects = 0
         self.handler_errors = 0
@@ -120,7 +123,7 @@ class Session:
             await self._stop()
             raise TransportError(
                 f"{self.config.client_id}: no connection to {self.config.url} after "
-                f"{self.config.connect_timeout:.0f} s"
+                f"{self.config.connect_timeout:.0f} s{_tls_hint(self.config, self.address.tls)}"
             ) from None
         if not self._connected.is_set():
             await self._stop()
@@ -150,9 +153,6 @@ class Session:
         will = None
         if cfg.will is not None:
             will = aiomqtt.Will(topic=cfg.will[0], payload=cfg.will[1], qos=1, retain=True)
-        tls_context = None
-        if self.address.tls:
-            tls_context = ssl.create_default_context(cafile=cfg.tls_ca)
         client = aiomqtt.Client(
             self.address.host,
             self.address.port,
@@ -164,7 +164,7 @@ class Session:
             keepalive=cfg.keepalive,
             timeout=cfg.publish_timeout,
             max_inflight_messages=cfg.max_inflight,
-            tls_context=tls_context,
+            tls_context=self._tls,
         )
         self._install_meter(client)
         return client
@@ -220,6 +220,15 @@ class Session:
                     return
                 self._lost(exc)
             except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                bad_cert = _tls_verify_error(exc)
+                if bad_cert is not None and first:
+                    # A broker we cannot authenticate. Later on we retry: a rotation may fix it.
+                    self._fatal = TransportError(
+                        f"TLS: cannot verify the certificate of {self.config.url}: {bad_cert} "
+                        f"(tls_ca: {self.config.tls_ca or 'the system store'})"
+                    )
+                    log.error("%s: %s", self.config.client_id, self._fatal)
+                    return
                 self._lost(exc)
             self._client = None
             self._connected.clear()
@@ -358,6 +367,46 @@ class Session:
         async with asyncio.TaskGroup() as tg:
             for topic, payload in topics_payloads:
                 tg.create_task(self.publish(topic, payload, retain=retain))
+
+
+def _tls_context(cfg: SessionConfig, tls: bool) -> ssl.SSLContext | None:
+    """The client TLS context for mqtts://: verifies the broker's chain and hostname."""
+    given = cfg.tls_ca or cfg.tls_cert or cfg.tls_key
+    if not tls:
+        if given:
+            raise ConfigError(f"{cfg.url}: TLS files given for a plain mqtt:// URL; use mqtts://")
+        return None
+    if cfg.tls_key and not cfg.tls_cert:
+        raise ConfigError("tls_key needs tls_cert (the client certificate)")
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS CA file {cfg.tls_ca}: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.tls_cert:
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS client certificate {cfg.tls_cert}: {exc}") from exc
+    return ctx
+
+
+def _tls_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed under `exc` (aiomqtt re-raises it `from None`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_hint(cfg: SessionConfig, tls: bool) -> str:
+    # Under TLS 1.3 a broker that wants a client certificate hangs up after the handshake,
+    # and paho waits for a CONNACK that never comes: say what is likely missing.
+    if tls and not cfg.tls_cert:
+        return " (if the broker requires client certificates, set tls_cert and tls_key)"
+    return ""
 
 
 def _is_refusal(exc: aiomqtt.MqttCodeError) -> bool:

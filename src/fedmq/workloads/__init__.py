@@ -1,4 +1,5 @@
-"""Workloads: datasets, partitioners, models, flat parameter vectors, local/centralized training.
+"""Workloads: datasets, partitioners, drift, models, flat parameter vectors, local/centralized
+training (FedAvg or FedProx).
 
 Pure PyTorch + numpy, seeded and reproducible; no MQTT, no sockets, no global torch state changes.
 """
@@ -6,6 +7,7 @@ Pure PyTorch + numpy, seeded and reproducible; no MQTT, no sockets, no global to
 from fedmq.workloads.accel import accel_report
 from fedmq.workloads.cost import TrainingCost, training_cost
 from fedmq.workloads.data import DATASET_NAMES, DATASETS, Dataset, load_dataset
+from fedmq.workloads.drift import DriftSpec, data_for_round
 from fedmq.workloads.models import (
     MODEL_NAMES,
     build_model,
@@ -21,6 +23,7 @@ from fedmq.workloads.train import (
     TrainResult,
     derive_seed,
     evaluate,
+    proximal_term,
     train_centralized,
     train_local,
 )
@@ -30,12 +33,14 @@ __all__ = [
     "DATASET_NAMES",
     "MODEL_NAMES",
     "Dataset",
+    "DriftSpec",
     "PartitionSpec",
     "TrainConfig",
     "TrainResult",
     "TrainingCost",
     "accel_report",
     "build_model",
+    "data_for_round",
     "derive_seed",
     "evaluate",
     "get_flat",
@@ -44,6 +49,7 @@ __all__ = [
     "make_model",
     "num_params",
     "partition",
+    "proximal_term",
     "set_flat",
     "train_centralized",
     "train_local",

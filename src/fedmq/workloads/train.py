@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,11 @@ class TrainConfig:
     lr: float = 0.05  # SGD learning rate
     momentum: float = 0.9  # SGD momentum; the buffer starts from zero on every call
     weight_decay: float = 0.0  # L2 penalty added by SGD
+    # FedProx (Li et al. 2020): adds (mu/2) ||w - w_global||^2 to the local loss so clients with
+    # skewed data drift less from the global model. 0 is plain FedAvg training, bit for bit; a
+    # negative mu would push clients away from the global model. Ignored by train_centralized,
+    # which has no global model to stay near.
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -47,6 +53,8 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0):
+            raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds a numpy array
@@ -85,16 +93,32 @@ def _tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(data.x), torch.tensor(data.y)
 
 
+def proximal_term(
+    params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float
+) -> torch.Tensor:
+    """FedProx's (mu/2) * ||w - w0||^2 over all parameters; its gradient is mu * (w - w0)."""
+    total = torch.zeros(())
+    for p, a in zip(params, anchor, strict=True):
+        total = total + (p - a).pow(2).sum()
+    return (mu / 2) * total
+
+
 def _sgd(
-    model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: int, seed: int
+    model: nn.Module, data: Dataset, cfg: TrainConfig, epochs: int, seed: int, prox_mu: float = 0.0
 ) -> tuple[float, float, int]:
-    """Train in place; returns (loss, accuracy) of the last epoch and the number of steps."""
+    """Train in place; returns (loss, accuracy) of the last epoch and the number of steps.
+
+    With `prox_mu` > 0 the loss stepped on gains FedProx's proximal term around the starting
+    parameters; the loss reported is still the cross-entropy alone.
+    """
     x, y = _tensors(data)
     n = len(y)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
+    params = list(model.parameters())
+    anchor = [p.detach().clone() for p in params] if prox_mu > 0 else []
     model.train()
     steps = 0
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -110,7 +134,11 @@ def _sgd(
                 logits = model(xb)  # (B, classes)
                 loss = functional.cross_entropy(logits, yb)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                if anchor:
+                    objective = loss + proximal_term(params, anchor, prox_mu)
+                    objective.backward()  # type: ignore[no-untyped-call]
+                else:  # mu = 0: the very same graph as before FedProx existed
+                    loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 steps += 1
                 with torch.no_grad():
@@ -122,11 +150,12 @@ def _sgd(
 def train_local(
     model_name: str, global_flat: np.ndarray, data: Dataset, cfg: TrainConfig, *, seed: int
 ) -> TrainResult:
-    """Start from `global_flat`, run `cfg.local_epochs` of SGD over `data`, shuffled by `seed`."""
+    """Start from `global_flat`, run `cfg.local_epochs` of SGD over `data`, shuffled by `seed`
+    (with FedProx's proximal term around `global_flat` when `cfg.prox_mu` > 0)."""
     t0 = time.perf_counter()
     model = _model_for(model_name, data)
     set_flat(model, global_flat)
-    loss, acc, steps = _sgd(model, data, cfg, cfg.local_epochs, seed)
+    loss, acc, steps = _sgd(model, data, cfg, cfg.local_epochs, seed, cfg.prox_mu)
     return TrainResult(
         flat=get_flat(model),
         num_samples=len(data),

@@ -1,0 +1,128 @@
+"""`fedmq serve`: answer predictions with a job's latest global model, over MQTT (and HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+
+DESCRIPTION = """\
+Follow a job's global model as the cloud publishes it (the retained full model, then each
+round's delta) and answer predictions with the newest version. Every answer says which
+version produced it. Requests are JSON:
+
+  {"id": "r1", "inputs": [[x0, x1, ...], ...], "probabilities": false}
+
+and the answer is
+
+  {"id": "r1", "version": 7, "predictions": [3, ...], "error": null}
+
+or {"id": "r1", "version": 7, "error": "why"} for a request that fails a check. Each row
+of "inputs" is one sample with as many numbers as the model has features (digits: 64, the
+8x8 pixels scaled to [0, 1]). "id" (a string or integer) is echoed back."""
+
+EPILOG = """\
+examples:
+  fedmq serve --broker mqtt://127.0.0.1:1883 --job digits --http 127.0.0.1:8080
+
+  # over MQTT: replies go to fedmq/JOB/predict/response/CLIENT for requests on .../request/CLIENT
+  mosquitto_sub -t fedmq/digits/predict/response/me &
+  mosquitto_pub -t fedmq/digits/predict/request/me -m '{"id": "1", "inputs": [[0, 0, ...]]}'
+
+  # over HTTP
+  curl -s localhost:8080/healthz
+  curl -s -X POST localhost:8080/predict -H 'Content-Type: application/json' \\
+       -d '{"id": "1", "inputs": [[0, 0, ...]], "probabilities": true}'
+
+The password may also come from the FEDMQ_PASSWORD environment variable."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="answer predictions with the latest global model (MQTT, optional HTTP)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT of the job's broker")
+    p.add_argument("--job", default="digits", help="job name (default digits)")
+    p.add_argument(
+        "--id", default="serve", help="node name; the MQTT client id is JOB-ID (default serve)"
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default="",
+        help="also serve POST /predict and GET /healthz over HTTP here, e.g. 127.0.0.1:8080 "
+        "(port 0: any free); keep it on loopback, there is no authentication",
+    )
+    p.add_argument("--username", default=None, help="MQTT user name")
+    p.add_argument(
+        "--password", default=None, help="MQTT password (default: $FEDMQ_PASSWORD if set)"
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="largest request accepted, bytes (default 1048576)",
+    )
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="most samples in one request (default 1024)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads for inference (default 1)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedmq.serve_node import ServeConfig, ServeNode, ServeReport
+    from fedmq.serve_node.api import request_all, response_topic
+
+    torch.set_num_threads(max(1, args.threads))
+    config = ServeConfig(
+        broker=args.broker,
+        job=args.job,
+        node_id=args.id,
+        http=args.http,
+        username=args.username,
+        password=args.password if args.password is not None else os.environ.get("FEDMQ_PASSWORD"),
+        max_request_bytes=args.max_request_bytes,
+        max_rows=args.max_rows,
+    )
+
+    def on_version(version: int, model: str) -> None:
+        print(f"serving version {version} ({model})", flush=True)
+
+    def on_http(url: str) -> None:
+        print(f"HTTP on {url} (POST /predict, GET /healthz)", flush=True)
+
+    node = ServeNode(config, on_version=on_version, on_http=on_http)
+
+    async def serve() -> ServeReport:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, node.stop)
+        return await node.run()
+
+    print(
+        f"fedmq serve: job {args.job} on {args.broker}; requests on "
+        f"{request_all(node.topics)}, answers on {response_topic(node.topics, 'CLIENT')} "
+        "(Ctrl-C to stop)",
+        flush=True,
+    )
+    report = asyncio.run(serve())
+    print(
+        f"served {report.requests} requests ({report.errors} errors, {report.dropped} dropped); "
+        f"last version {report.versions[-1] if report.versions else 'none'}"
+    )
+    return 0
