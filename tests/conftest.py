@@ -78,23 +78,28 @@ def amqtt_url(amqtt_broker: BrokerThread) -> str:
     return amqtt_broker.broker.url
 
 
-@pytest.fixture
-def mosquitto_url(tmp_path: Path) -> Iterator[str]:
-    """A real Mosquitto on an ephemeral loopback port, with fedmq's shipped settings."""
+def mosquitto_command(folder: Path, port: int) -> list[str]:
+    """argv of a real Mosquitto on `port` (loopback), with fedmq's shipped settings."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does this)")
-    port = free_port()
     shipped = Path(__file__).parents[1] / "src/fedmq/broker/configs/mosquitto.conf"
     lines = [
         line
         for line in shipped.read_text().splitlines()
         if not line.startswith("listener") and not line.startswith("log_")
     ]
-    conf = tmp_path / "mosquitto.conf"
+    conf = folder / f"mosquitto-{port}.conf"
     conf.write_text("\n".join([f"listener {port} 127.0.0.1", *lines, "log_dest stderr"]) + "\n")
+    return [binary, "-c", str(conf)]
+
+
+@pytest.fixture
+def mosquitto_url(tmp_path: Path) -> Iterator[str]:
+    """A real Mosquitto on an ephemeral loopback port, with fedmq's shipped settings."""
+    port = free_port()
     proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        mosquitto_command(tmp_path, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 10
     while True:

@@ -1,4 +1,5 @@
-"""Faults injected into real processes: an edge killed mid-run, the broker restarted mid-run."""
+"""Faults injected into real processes, on the embedded broker and on Mosquitto: an edge killed
+mid-run, the cloud killed and resumed from its checkpoint, the broker restarted mid-run."""
 
 import json
 import queue
@@ -7,10 +8,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, mosquitto_command
 from tests.e2e.test_cli import ENV, FEDMQ, wait_port
 
 pytestmark = pytest.mark.e2e
@@ -19,9 +21,13 @@ pytestmark = pytest.mark.e2e
 class Proc:
     """A fedmq process whose stdout lines we can wait for."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, argv: list[str] | None = None) -> None:
         self.p = subprocess.Popen(
-            [*FEDMQ, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+            argv or [*FEDMQ, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -55,9 +61,10 @@ class Proc:
             self.p.wait(10)
 
 
-def _cloud(url: str, out: Path, rounds: int) -> Proc:
+def _cloud(url: str, out: Path, rounds: int, *extra: str) -> Proc:
     return Proc(
         "cloud",
+        *extra,
         "--broker",
         url,
         "--clients",
@@ -104,43 +111,71 @@ def slow(tmp_path: Path) -> Path:
     return path
 
 
+BROKERS = ["embedded", "mosquitto"]
+
+
 class Deployment:
     """A broker, a cloud and three slow edges as separate processes; all killed at the end."""
 
-    def __init__(self, tmp_path: Path, slow: Path, rounds: int) -> None:
+    def __init__(
+        self, tmp_path: Path, slow: Path, rounds: int, broker: str, *cloud_args: str
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.kind = broker
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.slow = slow
-        self.broker = Proc("broker", "--allow-anonymous", "--port", str(self.port))
-        self.procs = [self.broker]
-        wait_port(self.port, self.broker.p)
-        self.cloud = _cloud(self.url, tmp_path / "cloud", rounds=rounds)
-        self.edges = [_edge(self.url, i, slow) for i in range(3)]
-        self.procs += [self.cloud, *self.edges]
+        self.procs: list[Proc] = []
+        self.broker = self.start_broker()
+        self.cloud_args = cloud_args
+        self.cloud = self.start_cloud(rounds)
+        self.edges = [self.start_edge(i) for i in range(3)]
 
-    def start(self, *args: str) -> Proc:
-        proc = Proc(*args)
+    def start(self, *args: str, argv: list[str] | None = None) -> Proc:
+        proc = Proc(*args, argv=argv)
         self.procs.append(proc)
         return proc
+
+    def start_broker(self) -> Proc:
+        if self.kind == "mosquitto":
+            broker = self.start(argv=mosquitto_command(self.tmp_path, self.port))
+        else:
+            broker = self.start("broker", "--allow-anonymous", "--port", str(self.port))
+        wait_port(self.port, broker.p)
+        return broker
+
+    def start_cloud(self, rounds: int) -> Proc:
+        proc = _cloud(self.url, self.tmp_path / "cloud", rounds, *self.cloud_args)
+        self.procs.append(proc)
+        return proc
+
+    def start_edge(self, i: int) -> Proc:
+        proc = _edge(self.url, i, self.slow)
+        self.procs.append(proc)
+        return proc
+
+    def rows(self) -> list[dict[str, Any]]:
+        lines = (self.tmp_path / "cloud" / "rounds.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines]
 
     def kill_all(self) -> None:
         for p in self.procs:
             p.kill()
 
 
-def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path, slow: Path) -> None:
-    d = Deployment(tmp_path, slow, rounds=12)
+@pytest.mark.parametrize("broker", BROKERS)
+def test_an_edge_killed_mid_run_is_survived_and_catches_up(
+    tmp_path: Path, slow: Path, broker: str
+) -> None:
+    d = Deployment(tmp_path, slow, 12, broker)
     try:
         d.cloud.wait_for("round 2/12")
         d.edges[2].kill()  # no goodbye: the broker publishes its last will
         d.cloud.wait_for("round 4/12")
-        late = _edge(d.url, 2, slow)  # the same edge comes back
-        d.procs.append(late)
+        late = d.start_edge(2)  # the same edge comes back
         assert d.cloud.finish() == 0, "".join(d.cloud.seen)[-2000:]
         assert late.finish(60) == 0
-        rows = [
-            json.loads(x) for x in (tmp_path / "cloud" / "rounds.jsonl").read_text().splitlines()
-        ]
+        rows = d.rows()
         assert len(rows) == 12 and all(r["quorum_met"] for r in rows)
         without = [r for r in rows if "edge-2" not in r["participants"]]
         assert without, "no round ran without the killed edge"
@@ -152,18 +187,53 @@ def test_an_edge_killed_mid_run_is_survived_and_catches_up(tmp_path: Path, slow:
         d.kill_all()
 
 
-def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path, slow: Path) -> None:
-    d = Deployment(tmp_path, slow, rounds=6)
+@pytest.mark.parametrize("broker", BROKERS)
+def test_the_broker_restarted_mid_run_is_survived(tmp_path: Path, slow: Path, broker: str) -> None:
+    d = Deployment(tmp_path, slow, 6, broker)
     try:
         d.cloud.wait_for("round 2/6")
         d.broker.kill()  # every retained message and session is gone with it
         time.sleep(1.0)
-        broker = d.start("broker", "--allow-anonymous", "--port", str(d.port))
-        wait_port(d.port, broker.p)
+        d.start_broker()
         assert d.cloud.finish() == 0, "".join(d.cloud.seen)[-2000:]
         for e in d.edges:
             assert e.finish(60) == 0
         summary = json.loads((tmp_path / "cloud" / "summary.json").read_text())
         assert summary["rounds"] == 6 and summary["final_accuracy"] > 0.5
+    finally:
+        d.kill_all()
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_the_cloud_killed_mid_run_resumes_from_its_checkpoint(
+    tmp_path: Path, slow: Path, broker: str
+) -> None:
+    ckpt = tmp_path / "cloud.ckpt.npz"
+    d = Deployment(tmp_path, slow, 8, broker, "--checkpoint", str(ckpt), "--resume")
+    try:
+        d.cloud.wait_for("round 3/8")
+        time.sleep(0.3)  # into round 4: some edges have sent, some have not
+        d.cloud.kill()  # SIGKILL: no goodbye, no clean-up, whatever was in flight is lost
+        first = [r["round"] for r in d.rows()]
+        again = d.start_cloud(8)
+        assert again.finish() == 0, "".join(again.seen)[-3000:]
+        out = "".join(again.seen)
+        assert "resumed after round" in out
+        summary = json.loads((tmp_path / "cloud" / "summary.json").read_text())
+        resumed = summary["resumed_from"]
+        assert resumed >= 3 and resumed >= max(first)
+        # The right round and version: every round once, each one moved the model once.
+        rows = d.rows()
+        assert [r["round"] for r in rows] == list(range(1, 9))
+        assert [r["version"] for r in rows] == list(range(1, 9))
+        assert summary["version"] == 8 and summary["rounds"] == 8
+        # Nothing lost, nothing twice: every edge counted exactly once in every round, the
+        # re-issued one included (edges resend what the killed cloud may have taken in).
+        for r in rows:
+            assert r["participants"] == ["edge-0", "edge-1", "edge-2"], r
+            assert r["counters"]["accepted"] >= 3
+        assert summary["final_accuracy"] > 0.5
+        for e in d.edges:
+            assert e.finish(60) == 0
     finally:
         d.kill_all()

@@ -175,16 +175,21 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from fedmq.cli.launcher import cloud_config
     from fedmq.cli.output import human_bytes
     from fedmq.cli.planning import make_strategy
-    from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
+    from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json, write_jsonl
     from fedmq.cloud_node import CloudNode, RoundRecord
 
     cfg = _run_config(args)
     if not cfg.broker:
         raise FedmqError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
-    out = make_run_dir(cfg.out, cfg.job)
+    if args.resume and cfg.out and Path(cfg.out).is_dir():
+        out = Path(cfg.out)  # the same run goes on in the same directory
+    else:
+        out = make_run_dir(cfg.out, cfg.job)
     write_json(out / "config.json", {"run": cfg.as_dict(), "role": "cloud"})
     node = CloudNode(
         cloud_config(cfg, cfg.broker, min_clients=args.min_clients,
@@ -212,6 +217,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     result = asyncio.run(node.run(on_round=on_round))
     if result.resumed_from:
         print(f"resumed after round {result.resumed_from} from {args.checkpoint}")
+        # The whole history, across restarts: a kill between a checkpoint and its line here
+        # would otherwise leave a round out.
+        write_jsonl(out / "rounds.jsonl", [vars(r) for r in result.records])
     save_model(out / "model.pt", result.final_flat, result.layout, {"version": result.version})
     summary = {
         "final_accuracy": result.final_accuracy, "rounds": len(result.records),
@@ -219,6 +227,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         "cloud_bytes_received": node.meter.received, "clients": cfg.clients, "codec": cfg.codec,
         "broker": cfg.broker, "malformed_messages": result.malformed,
         "forged_chunks": result.forged, "resumed_from": result.resumed_from,
+        "version": result.version,
     }  # fmt: skip
     write_json(out / "summary.json", summary)
     print(f"final accuracy {result.final_accuracy:.4f}; run directory {out}")

@@ -34,6 +34,17 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl(path: Path, rows: list[Any]) -> None:
+    """Atomic, like write_json: one JSON document per line."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, sort_keys=True, default=_default) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def append_jsonl(path: Path, row: Any) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(row, sort_keys=True, default=_default) + "\n")
