@@ -46,7 +46,7 @@ class RunConfig:
     sparse_server_lr: float = 3.0  # server lr on top-k updates when server_opt is none; 1: off
     server_lr: float = 0.0  # the server optimizer's learning rate; 0: its own default
     prox_mu: float = 0.0  # FedProx proximal term on the edges; 0 is plain local SGD
-    mode: str = "sync"  # sync rounds, or async (FedBuff: the cloud never waits)
+    mode: str = "sync"  # sync rounds, async (FedBuff: the cloud never waits), or chain
     buffer_size: int = 5  # async: updates per server step (K)
     max_staleness: int = 10  # async: versions an update may lag before it is rejected
     staleness: str = "poly:0.5"  # async: constant | poly:A | hinge:A:B | exp:A
@@ -62,8 +62,8 @@ class RunConfig:
             )
         if self.threads < 1:
             raise ConfigError("threads must be at least 1")
-        if self.mode not in ("sync", "async"):
-            raise ConfigError(f"mode must be sync or async, got {self.mode!r}")
+        if self.mode not in ("sync", "async", "chain"):
+            raise ConfigError(f"mode must be sync, async or chain, got {self.mode!r}")
         if self.server_lr < 0 or self.prox_mu < 0 or self.sparse_server_lr <= 0:
             raise ConfigError("server_lr and prox_mu must be >= 0, sparse_server_lr > 0")
 

@@ -56,7 +56,8 @@ HELP = {
     "server_lr": "the server optimizer's learning rate (default 0: its own default)",
     "prox_mu": "FedProx: proximal term mu/2 |w - w_global|^2 on the edges (default 0: off)",
     "mode": "sync: rounds with a deadline; async: FedBuff, the cloud applies every "
-    "--buffer-size updates and never waits (default sync)",
+    "--buffer-size updates and never waits; chain: the model passes from edge to edge, "
+    "a dead edge skipped after --round-timeout (default sync)",
     "buffer_size": "async: accepted updates per server step (default 5)",
     "max_staleness": "async: an update based on a version older than this many steps is "
     "rejected (default 10)",

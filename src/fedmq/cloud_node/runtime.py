@@ -18,6 +18,7 @@ import numpy as np
 
 from fedmq.cloud_node import checkpoint
 from fedmq.cloud_node.asynchronous import AsyncLoop
+from fedmq.cloud_node.chain import ChainLoop
 from fedmq.cloud_node.fedavg import FedAvg
 from fedmq.cloud_node.rounds import RoundTracker, Verdict
 from fedmq.cloud_node.staleness import Staleness
@@ -78,7 +79,8 @@ class CloudConfig:
     trusted_keys: str = ""  # folder of <edge>.pub Ed25519 keys: only updates they signed count
     prox_mu: float = 0.0  # FedProx proximal term the edges add to their loss (0: off)
     drift: str = "none"  # how each edge's data changes over rounds (workloads.drift)
-    mode: str = "sync"  # sync: rounds with deadlines; async: FedBuff, the cloud never waits
+    mode: str = "sync"  # sync: rounds with deadlines; async: FedBuff, the cloud never waits;
+    # chain: the model passes from edge to edge (round_timeout: per hop)
     buffer_size: int = 5  # async: apply the buffer after this many accepted updates (K)
     max_staleness: int = 10  # async: reject updates based on a version older than this
     staleness: str = "poly:0.5"  # async: weight of a stale update (see cloud_node.staleness)
@@ -98,7 +100,7 @@ class CloudConfig:
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (not self.resume or bool(self.checkpoint), "resume needs a checkpoint file"),
-            (self.mode in ("sync", "async"), "mode must be sync or async"),
+            (self.mode in ("sync", "async", "chain"), "mode must be sync, async or chain"),
             (self.mode == "sync" or not self.checkpoint, "checkpoints are for sync mode only"),
             (self.buffer_size >= 1 and self.max_staleness >= 0, "buffer_size >= 1, staleness >= 0"),
         ]
@@ -183,6 +185,7 @@ class CloudNode:
         self._attempt = 0
         self._tracker: RoundTracker | None = None
         self._async: AsyncLoop | None = None
+        self._chain: ChainLoop | None = None
         self._round_done = asyncio.Event()
         self._presence = asyncio.Event()
         self._session: Session | None = None
@@ -206,6 +209,11 @@ class CloudNode:
             self._on_status(node, payload)
         elif topic == self.topics.update(node):
             self._on_update(node, payload)
+        elif self._chain is not None and topic == self.topics.chain(node):
+            try:
+                self._chain.offer(decode(payload, self.limits, expect=TensorChunk))
+            except CodecError as exc:
+                self._bad(topic, exc)
 
     def _bad(self, topic: str, exc: Exception) -> None:
         self.malformed += 1
@@ -304,10 +312,13 @@ class CloudNode:
         # the cloud's model; each round's delta is taken against it, so nothing drifts.
         self._view = flat.copy()
         self._pending_delta: list[bytes] = []
+        if cfg.mode == "chain":  # before subscribing: hops may arrive as soon as we listen
+            self._chain = ChainLoop(self)
         session_cfg = SessionConfig(
             url=cfg.broker,
             client_id=f"{cfg.job}-{cfg.node_id}",
-            subscriptions=(self.topics.status_all, self.topics.update_all),
+            subscriptions=(self.topics.status_all, self.topics.update_all)
+            + ((self.topics.chain_all,) if cfg.mode == "chain" else ()),
             will=(self.topics.status(cfg.node_id), _status(cfg, online=False)),
             birth=(self.topics.status(cfg.node_id), _status(cfg, online=True)),
             goodbye=(self.topics.status(cfg.node_id), _status(cfg, online=False)),
@@ -334,6 +345,12 @@ class CloudNode:
                 records, flat = await self._async.run(flat, test, on_round)
                 version = self._async.version
                 self.forged += self._async.forged
+            elif self._chain is not None:
+                records, flat = await self._chain.run(flat, test, on_round)
+                version = len(records)
+                self.forged += self._chain.forged
+                self._view, self._pending_delta = flat.copy(), []
+                await self._publish_model(version, round=cfg.rounds + 1)  # for serving nodes
             began = time.perf_counter()
             for rnd in range(first + 1, cfg.rounds + 1 if cfg.mode == "sync" else 1):
                 record, flat, version = await self._round(rnd, version, flat, rng, test)

@@ -18,8 +18,9 @@ STATUS_ROLES = ("edge", "cloud")
 # global model from the cloud | delta from an edge | change of the global model from the cloud
 CHUNK_ROLES = ("model", "update", "delta")
 COMMANDS = ("stop",)
-# sync: rounds with a deadline; async: edges train whenever free, the cloud buffers (FedBuff)
-MODES = ("sync", "async")
+# sync: rounds with a deadline; async: edges train whenever free, the cloud buffers (FedBuff);
+# chain: the model passes from edge to edge in the task's order, the cloud watching each hop
+MODES = ("sync", "async", "chain")
 SIG_SIZE = 64  # an Ed25519 signature
 
 
@@ -98,7 +99,7 @@ class RoundTask:
     lr: float  # >= 0
     momentum: float  # SGD momentum in [0, 1); the buffer starts from zero every round
     codec: str  # codec spec the edges use for their updates
-    mode: str = "sync"  # "sync" | "async" (an async update is never too late to send)
+    mode: str = "sync"  # "sync" | "async" (updates are never late) | "chain" (see MODES)
     attempt: int = 0  # bumped when a restarted cloud re-issues a round: edges resend
     prox_mu: float = 0.0  # FedProx proximal term for local training; 0: plain SGD
 

@@ -134,6 +134,12 @@ class EdgeNode:
         self._activity = time.monotonic()
         # The last update sent: resent as is when a restarted cloud re-issues its round.
         self._sent: tuple[int, int, list[bytes]] | None = None  # (round, attempt, payloads)
+        # Chained mode: models handed to us, by (pass, position), and the hops we have done.
+        self._chain_inbox: dict[tuple[int, int], np.ndarray] = {}
+        self._chain_done: set[tuple[int, int]] = set()
+        self._chain_parts = Reassembler(  # apart: a retained model may share sender and version
+            max_bytes=config.max_model_bytes, timeout_s=config.model_timeout
+        )
         self._signer = None
         if config.sign_key:
             key = load_private_key(config.sign_key)
@@ -158,6 +164,8 @@ class EdgeNode:
                 self._on_model_chunk(decode(payload, self.limits, expect=TensorChunk))
             elif topic.startswith(self.topics.prefix + "/delta/"):
                 self._on_delta_chunk(decode(payload, self.limits, expect=TensorChunk))
+            elif topic == self.topics.chain(self.config.node_id):
+                self._on_chain_chunk(decode(payload, self.limits, expect=TensorChunk))
             elif topic == self.topics.control:
                 control = decode(payload, self.limits, expect=Control)
                 if control.command == "stop" and control.job == self.config.job:
@@ -208,6 +216,17 @@ class EdgeNode:
                 self._model = (chunk.version, self._model[1] + change)
         self._wake.set()  # applied, or a gap: _step fetches the full model
 
+    def _on_chain_chunk(self, chunk: TensorChunk) -> None:
+        if chunk.role != "model" or chunk.job != self.config.job:
+            raise ProtocolError(f"unexpected {chunk.role} chunk on our chain topic")
+        chunks = self._chain_parts.add(chunk, time.monotonic())
+        if chunks is None:
+            return
+        key = (chunk.round, chunk.version)
+        if key not in self._chain_done:  # the first copy wins (the cloud may resend on a skip)
+            self._chain_inbox[key] = assemble(chunks, self.limits, require_finite=True)
+            self._wake.set()
+
     # -- the loop -----------------------------------------------------------------------------
 
     def _setup_data(self, job: JobSpec) -> Dataset:
@@ -251,6 +270,7 @@ class EdgeNode:
                 self.topics.task,
                 self.topics.delta_all,
                 self.topics.control,
+                self.topics.chain(cfg.node_id),
             ),
             will=(self.topics.status(cfg.node_id), self._status(False)),
             birth=(self.topics.status(cfg.node_id), self._status(True)),
@@ -326,6 +346,9 @@ class EdgeNode:
                 self.topics.status(self.config.node_id), self._status(True), retain=True
             )
             log.info("%s: joined job %s with %d samples", self.config.node_id, job.job, len(data))
+        if task is not None and task.mode == "chain":
+            await self._chain_step(session, job, task, self._data)
+            return
         await self._sync_model(session, task)
         if task is None or self.config.node_id not in task.selected:
             return
@@ -340,6 +363,58 @@ class EdgeNode:
         if task.round <= self._last_round or self._model is None or self._model[0] != task.version:
             return
         await self._train_and_send(session, job, task, self._model[1], self._data)
+
+    async def _chain_step(
+        self, session: Session, job: JobSpec, task: RoundTask, data: Dataset
+    ) -> None:
+        """Train every model handed to us in this pass and hand it on to the next in order."""
+        me = self.config.node_id
+        for key in sorted(self._chain_inbox):
+            rnd, position = key
+            if rnd > task.round:
+                continue  # the model came before its task: keep it until the task arrives
+            flat = self._chain_inbox.pop(key)
+            if rnd < task.round or me not in task.selected or key in self._chain_done:
+                continue
+            self._chain_done.add(key)
+            cfg = TrainConfig(
+                local_epochs=task.local_epochs, batch_size=task.batch_size, lr=task.lr,
+                momentum=task.momentum, prox_mu=task.prox_mu,
+            )  # fmt: skip
+            seed = derive_seed(job.seed, rnd, self._shard())
+            async with self._slots or contextlib.nullcontext():
+                result = await asyncio.to_thread(train_local, job.model, flat, data, cfg, seed=seed)
+            await self._emulate_compute(job, data, result.num_samples, cfg, result.seconds)
+            index = task.selected.index(me)
+            after = task.selected[index + 1] if index + 1 < len(task.selected) else "cloud"
+            payloads = split_vector(
+                result.flat, CodecSpec.parse(task.codec), max_payload=job.max_payload,
+                job=job.job, sender=me, role="model", round=rnd, version=position + 1,
+                signer=self._signer,
+            )  # fmt: skip
+            await session.publish_all([(self.topics.chain(after), p) for p in payloads])
+            self.rounds_trained += 1
+            log.info("%s: chain pass %d hop %d trained; passed to %s", me, rnd, position, after)
+
+    def _shard(self) -> int:
+        shard = (
+            self.config.shard
+            if self.config.shard is not None
+            else shard_from_id(self.config.node_id)
+        )
+        return shard or 0
+
+    async def _emulate_compute(
+        self, job: JobSpec, data: Dataset, samples: int, cfg: TrainConfig, elapsed: float
+    ) -> float:
+        """Sleep out the rest of the emulated device's training time; returns that time."""
+        if self.config.compute_flops <= 0:
+            return elapsed
+        cost = training_cost(job.model, data.x.shape[1], data.num_classes, data.feature_shape)
+        seconds = cost.flops_per_sample * samples * cfg.local_epochs / self.config.compute_flops
+        if seconds > elapsed:  # a device faster than this host cannot be shown
+            await asyncio.sleep(seconds - elapsed)
+        return max(seconds, elapsed)
 
     async def _sync_model(self, session: Session, task: RoundTask | None) -> None:
         """Listen to the full (retained) model only while we lack the current version.
@@ -389,13 +464,8 @@ class EdgeNode:
         started = time.monotonic()
         async with self._slots or contextlib.nullcontext():
             result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
-        compute_seconds = elapsed = time.monotonic() - started
-        if self.config.compute_flops > 0:
-            cost = training_cost(job.model, data.x.shape[1], data.num_classes, data.feature_shape)
-            emulated = cost.flops_per_sample * result.num_samples * cfg.local_epochs
-            compute_seconds = emulated / self.config.compute_flops
-            if compute_seconds > elapsed:  # a device faster than this host cannot be shown
-                await asyncio.sleep(compute_seconds - elapsed)
+        elapsed = time.monotonic() - started
+        compute_seconds = await self._emulate_compute(job, data, result.num_samples, cfg, elapsed)
         # Sync: the round closed without us. Async: an update is never late, only stale, and
         # the cloud weighs it by how stale it is.
         if task.mode == "sync" and self._task is not None and self._task.round != task.round:

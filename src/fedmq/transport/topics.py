@@ -51,6 +51,14 @@ class Topics:
     def update_all(self) -> str:
         return f"{self.prefix}/update/+"
 
+    def chain(self, node: str) -> str:
+        """Chained mode: the model on its way to `node` (an edge, or the cloud at the end)."""
+        return f"{self.prefix}/chain/{node}"
+
+    @property
+    def chain_all(self) -> str:
+        return f"{self.prefix}/chain/+"
+
     @property
     def summary(self) -> str:
         return f"{self.prefix}/summary"
