@@ -113,7 +113,7 @@ def main() -> None:
         print(
             f"| {name} | {s['final_accuracy']:.4f} | "
             f"{100 * (s['final_accuracy'] - base['final_accuracy']):+.2f} | {s['bytes_up']:,} | "
-            f"{up0 / s['bytes_up']:.1f}x | {s['bytes_down']:,} | {down0 / s['bytes_down']:.1f}x "
+            f"{up0 / s['bytes_up']:.2f}x | {s['bytes_down']:,} | {down0 / s['bytes_down']:.1f}x "
             f"| {hit_cols} |"
         )
     if args.json:

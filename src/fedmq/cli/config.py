@@ -51,6 +51,7 @@ class RunConfig:
     max_staleness: int = 10  # async: versions an update may lag before it is rejected
     staleness: str = "poly:0.5"  # async: constant | poly:A | hinge:A:B | exp:A
     drift: str = "none"  # edges' data over rounds: none | grow:F | labels:P
+    head_only: int = 0  # the last N edges train only the model's head (and send only it)
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.rounds < 1:
@@ -64,6 +65,8 @@ class RunConfig:
             raise ConfigError("threads must be at least 1")
         if self.mode not in ("sync", "async", "chain"):
             raise ConfigError(f"mode must be sync, async or chain, got {self.mode!r}")
+        if not 0 <= self.head_only <= self.clients and not self.fleet:
+            raise ConfigError(f"head_only must be in [0, clients], got {self.head_only}")
         if self.server_lr < 0 or self.prox_mu < 0 or self.sparse_server_lr <= 0:
             raise ConfigError("server_lr and prox_mu must be >= 0, sparse_server_lr > 0")
 

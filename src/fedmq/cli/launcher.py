@@ -109,6 +109,7 @@ async def run_federated(
                         compute_flops=profile.flops if profile else 0.0,
                         keepalive=keepalive_for(profile, cfg.max_payload),
                         publish_timeout=max(60.0, round_timeout),
+                        train=setup.trains[i],
                     ),
                     data=setup.train.subset(setup.shards[i]),
                     train_slots=slots,
@@ -197,12 +198,27 @@ async def run_federated(
         "estimate_error_down_pct": _pct(est.bytes_down, totals[1]),
         "naive_error_up_pct": _pct(est.naive_bytes, totals[0]),
         "naive_error_down_pct": _pct(est.naive_bytes, totals[1]),
+        "edges": [_edge_summary(e) for e in edges],
         "round_seconds": [r["round_seconds"] for r in measured],
         "round_bound_seconds": [r["bound_seconds"] for r in measured],
     }
     write_json(out / "summary.json", summary)
     write_plots(out)
     return summary, out
+
+
+def _edge_summary(e: EdgeNode) -> dict[str, Any]:
+    """What one edge did and sent, measured at its own socket."""
+    cfg = e.config
+    return {
+        "id": cfg.node_id,
+        "train": cfg.train,
+        "profile": cfg.profile,
+        "codec": cfg.codec,
+        "updates": e.updates_sent,
+        "bytes_up": e.meter.sent,
+        "bytes_down": e.meter.received,
+    }
 
 
 def _pct(estimate: float, measured: float) -> float:

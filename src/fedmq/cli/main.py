@@ -63,6 +63,8 @@ HELP = {
     "rejected (default 10)",
     "staleness": "async: weight of a stale update: constant, poly:A (1/(1+s)^A), hinge:A:B, "
     "exp:A (default poly:0.5)",
+    "head_only": "the last N edges train only the model's last layer and send only it "
+    "(transfer learning on weak devices; sync mode; default 0)",
     "drift": "edges' data over the rounds: none, grow:F (start with share F of the shard, "
     "all of it by the last round), labels:P (a label mix that rotates) (default none)",
 }
@@ -265,6 +267,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
                 compute_flops=profile.flops if profile else 0.0,
                 keepalive=keepalive_for(profile, profile.link.max_payload) if profile else 20,
                 sign_key=args.sign_key or "",
+                train=args.train or (profile.train if profile else "all"),
                 **_identity(args),
             )
             return await EdgeNode(config).run()
@@ -489,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument(
         "--sign-key", metavar="FILE", help="Ed25519 key to sign every update with (`fedmq keys`)"
+    )
+    p.add_argument(
+        "--train",
+        choices=("all", "head"),
+        default=None,
+        help="train the whole model, or only its last layer (default: the profile's, else all)",
     )
     _add_identity_flags(p)
     p.set_defaults(func=cmd_edge)

@@ -27,7 +27,7 @@ from fedmq.cloud_node.fedadam import FedAdam
 from fedmq.cloud_node.fedavgm import FedAvgM
 from fedmq.cloud_node.fedyogi import FedYogi
 from fedmq.cloud_node.serveropt import ServerOptimizer, ServerOptStrategy, ServerSGD
-from fedmq.codec import MIN_PAYLOAD, CodecSpec, ErrorFeedback, JobSpec, split_vector
+from fedmq.codec import ALIGN, MIN_PAYLOAD, CodecSpec, ErrorFeedback, JobSpec, split_vector
 from fedmq.errors import ConfigError
 from fedmq.tinyml_profiles import Profile, format_bytes, parse_fleet
 from fedmq.tinyml_profiles.estimator import EdgePlan, Estimate, Plan, estimate
@@ -39,6 +39,7 @@ from fedmq.workloads import (
     build_model,
     derive_seed,
     get_flat,
+    head,
     layout,
     load_dataset,
     partition,
@@ -58,6 +59,14 @@ class Setup:
     profiles: list[Profile | None]
     codecs: list[str]  # uplink codec per edge
     cost: TrainingCost
+    trains: list[str]  # per edge: "all", or "head" (trains and sends only the last layer)
+
+    def head_start(self, i: int, layout: LayoutT) -> int:
+        """Where edge i's updates start: 0, or its head's first aligned block."""
+        if self.trains[i] != "head" or self.cfg.mode != "sync":
+            return 0
+        start = head(layout)[0]
+        return start - start % ALIGN
 
     @property
     def task_codec(self) -> str:
@@ -65,6 +74,9 @@ class Setup:
 
     def edge_id(self, i: int) -> str:
         return f"edge-{i}"
+
+
+LayoutT = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 def keepalive_for(profile: Profile | None, max_payload: int) -> int:
@@ -104,7 +116,12 @@ def prepare(cfg: RunConfig) -> Setup:
             )
     shards = partition(train.y, cfg.clients, PartitionSpec.parse(cfg.partition), seed=cfg.seed)
     codecs = [cfg.codec or (p.codec if p is not None else DEFAULT_CODEC) for p in profiles]
-    return Setup(cfg, train, test, shards, profiles, codecs, cost)
+    heads = len(profiles) - cfg.head_only
+    trains = [
+        "head" if i >= heads or (p is not None and p.train == "head") else "all"
+        for i, p in enumerate(profiles)
+    ]
+    return Setup(cfg, train, test, shards, profiles, codecs, cost, trains)
 
 
 def initial_model(setup: Setup) -> torch.nn.Module:
@@ -143,10 +160,12 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
         local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum
     )
     sample = _run_ahead(setup, initial, tcfg)
+    spec_layout = layout(model)
     edges = tuple(
-        EdgePlan(setup.edge_id(i), len(setup.shards[i]), setup.codecs[i], setup.profiles[i])
+        EdgePlan(setup.edge_id(i), len(setup.shards[i]), setup.codecs[i], setup.profiles[i],
+                 start=setup.head_start(i, spec_layout))
         for i in range(cfg.clients)
-    )
+    )  # fmt: skip
     plan = Plan(
         job=job_spec(setup, model),
         edges=edges,
@@ -197,6 +216,7 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
     Nothing is taken from a run's measurements.
     """
     cfg = setup.cfg
+    spec_layout = layout(initial_model(setup))
     held = np.empty_like(initial)
     split_vector(
         initial,
@@ -219,7 +239,9 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
         sent: dict[str, np.ndarray] = {}
         for i, shard in enumerate(setup.shards):
             node, seed = setup.edge_id(i), derive_seed(cfg.seed, rnd, i)
-            result = train_local(cfg.model, view, setup.train.subset(shard), tcfg, seed=seed)
+            start = setup.head_start(i, spec_layout)
+            edge_cfg = replace(tcfg, trainable=head(spec_layout)[1]) if start else tcfg
+            result = train_local(cfg.model, view, setup.train.subset(shard), edge_cfg, seed=seed)
             seconds += result.seconds
             flops += setup.cost.flops_per_sample * result.num_samples * cfg.local_epochs
             spec = CodecSpec.parse(setup.codecs[i])
@@ -239,11 +261,12 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
                 num_samples=result.num_samples,
                 rng=np.random.default_rng(seed),
                 decoded=decoded,
+                start=start,
             )
             if spec.lossy:
                 feedback[node].update(decoded)
             sent[node] = delta
-            aggregator.add(node, 0, decoded, float(result.num_samples))
+            aggregator.add(node, start, decoded[start:], float(result.num_samples))
         sample.sent.append(sent)
         model = aggregator.result()
         change = model - view
@@ -275,21 +298,24 @@ def round_timeout_for(setup: Setup, est: Estimate | None) -> float:
 
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "normclip")
+SPARSE_K = 0.01  # top-k fractions up to this get `sparse_server_lr`
 SERVER_OPTS = ("none", "serversgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
     """The aggregation rule, followed by the server optimizer if one is chosen.
 
-    Top-k updates get a server learning rate (`sparse_server_lr`, default 3) unless another
-    server optimizer is chosen: with 1% of coordinates per edge, most of each coordinate's
-    FedAvg mean is zeros, and error feedback alone catches up too slowly (bench/topk_study.py:
-    -1.39 points at lr 1, -0.28 at lr 3, seed 0; all of seeds 0-5 within 1 point). Dense codecs
-    never get it: at lr 2 fp32 FedAvg diverges.
+    Very sparse top-k updates (k <= 1%) get a server learning rate (`sparse_server_lr`,
+    default 3) unless another server optimizer is chosen: with 1% of coordinates per edge, most
+    of each coordinate's FedAvg mean is zeros, and error feedback alone catches up too slowly
+    (bench/topk_study.py: -1.39 points at lr 1, -0.28 at lr 3, seed 0; all of seeds 0-5 within
+    1 point). Denser updates never get it: at k = 10% lr 3 diverges (0.54), and so does fp32
+    FedAvg at lr 2.
     """
     base = _base_strategy(cfg)
     if cfg.server_opt == "none":
-        sparse = bool(cfg.codec) and CodecSpec.parse(cfg.codec).topk is not None
+        topk = CodecSpec.parse(cfg.codec).topk if cfg.codec else None
+        sparse = topk is not None and topk <= SPARSE_K
         if sparse and cfg.sparse_server_lr != 1.0:
             return ServerOptStrategy(base=base, optimizer=ServerSGD(lr=cfg.sparse_server_lr))
         return base

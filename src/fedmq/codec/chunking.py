@@ -56,6 +56,7 @@ def split_vector(
     rng: np.random.Generator | None = None,
     decoded: F32 | None = None,
     signer: Callable[[TensorChunk], TensorChunk] | None = None,
+    start: int = 0,
 ) -> list[bytes]:
     """Encode `flat` as chunk payloads of at most `max_payload` bytes each.
 
@@ -69,6 +70,8 @@ def split_vector(
     generator seeded per round (and per sender) for rounding that averages out across rounds.
     `decoded`, a float32 array of flat's size, receives exactly what a receiver will decode
     (for `ErrorFeedback.update`). `signer` (see `signing.sign`) adds each chunk's signature.
+    `start` (a multiple of ALIGN) sends only `flat[start:]`, e.g. the head of a model an edge
+    trained alone: the chunks say where they lie, and `decoded[:start]` is set to zero.
     """
     if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1:
         raise CodecError("split_vector needs a 1-D float32 numpy array")
@@ -81,20 +84,23 @@ def split_vector(
     limits = DEFAULT_LIMITS
     if flat.size > limits.max_params:
         raise LimitExceeded(f"vector of {flat.size} parameters > max_params {limits.max_params}")
+    if start % ALIGN or not 0 <= start <= flat.size:
+        raise CodecError(f"split_vector: start {start} must be a multiple of {ALIGN} in the vector")
     elems = chunk_elems(spec, max_payload)
-    count = max(1, math.ceil(flat.size / elems))
+    count = max(1, math.ceil((flat.size - start) / elems))
     if count > limits.max_chunks:
         raise LimitExceeded(f"{count} chunks > max_chunks {limits.max_chunks}; raise max_payload")
     if rng is None and spec.stochastic:
         rng = np.random.default_rng(SEED)  # one stream over all chunks, not one per chunk
     payloads: list[bytes] = []
+    if decoded is not None:
+        decoded[:start] = 0.0
     for index in range(count):
-        part = flat[index * elems : (index + 1) * elems]
+        offset = start + index * elems
+        part = flat[offset : offset + elems]
         data, scale, used = encode_chunk(part, spec, rng=rng)
         if decoded is not None:
-            decoded[index * elems : index * elems + part.size] = decode_values(
-                data, used, part.size, scale
-            )
+            decoded[offset : offset + part.size] = decode_values(data, used, part.size, scale)
         chunk = TensorChunk(
             job=job,
             sender=sender,
@@ -104,7 +110,7 @@ def split_vector(
             index=index,
             count=count,
             total=flat.size,
-            offset=index * elems,
+            offset=offset,
             length=part.size,
             encoding=str(used),
             scale=scale,

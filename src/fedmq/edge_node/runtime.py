@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmq.codec import (
+    ALIGN,
     CodecSpec,
     Control,
     ErrorFeedback,
@@ -40,6 +41,7 @@ from fedmq.workloads import (
     TrainConfig,
     build_model,
     derive_seed,
+    head,
     layout,
     load_dataset,
     partition,
@@ -80,6 +82,8 @@ class EdgeConfig:
     # cost / compute_flops seconds; 0 trains at host speed
     keepalive: int = 20  # MQTT keepalive, seconds; slow links need longer (one packet's time)
     publish_timeout: float = 60.0  # seconds for one publish to be acknowledged
+    train: str = "all"  # "all", or "head": train only the last layer, send only its slice
+    # (transfer learning on a device that cannot afford the whole model; sync mode)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class EdgeNode:
         if config.sign_key:
             key = load_private_key(config.sign_key)
             self._signer = functools.partial(sign, sign_fn=key.sign)
+        if config.train not in ("all", "head"):
+            raise ConfigError(f"edge {config.node_id!r}: train must be all or head")
         if config.shard is None and data is None and shard_from_id(config.node_id) is None:
             raise ConfigError(
                 f"edge {config.node_id!r}: give --shard N, or a name ending in a number (edge-3)"
@@ -442,6 +448,10 @@ class EdgeNode:
         self, session: Session, job: JobSpec, task: RoundTask, base: np.ndarray, data: Dataset
     ) -> None:
         self._last_round = task.round
+        # Head-only edges send an aligned slice; FedAvg weighs each block by who sent it, so
+        # the body is averaged over the full-training edges alone. Other modes need whole updates.
+        head_only = self.config.train == "head" and task.mode == "sync"
+        start, head_names = head(job.layout) if head_only else (0, ())
         shard = (
             self.config.shard
             if self.config.shard is not None
@@ -454,6 +464,7 @@ class EdgeNode:
             lr=task.lr,
             momentum=task.momentum,
             prox_mu=task.prox_mu,
+            trainable=head_names if head_only else (),
         )
         if job.drift != "none":
             rounds = max(1, job.rounds)
@@ -491,6 +502,7 @@ class EdgeNode:
             num_samples=result.num_samples, rng=np.random.default_rng(seed), decoded=decoded,
             metrics={"loss": result.loss, "accuracy": result.accuracy,
                      "seconds": max(elapsed, compute_seconds)}, signer=self._signer,
+            start=start - start % ALIGN,
         )  # fmt: skip
         if self._feedback is not None and decoded is not None:
             self._feedback.update(decoded)

@@ -38,6 +38,7 @@ class EdgePlan:
     num_samples: int
     codec: str  # the uplink codec this edge uses
     profile: Profile | None = None
+    start: int = 0  # first element it sends (a head-only edge sends only the model's head)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +134,7 @@ def _template(
     role: str,
     num_samples: int,
     metrics: dict[str, float],
+    start: int = 0,
 ) -> list[TensorChunk]:
     payloads = split_vector(
         vector,
@@ -145,6 +147,7 @@ def _template(
         version=0,
         num_samples=num_samples,
         metrics=metrics,
+        start=start,
     )
     return [decode(p, expect=TensorChunk) for p in payloads]
 
@@ -182,7 +185,7 @@ def estimate(
     edge_tmpls = [
         {
             e.node_id: _template(
-                d[e.node_id], e.codec, job, e.node_id, "update", e.num_samples, metrics
+                d[e.node_id], e.codec, job, e.node_id, "update", e.num_samples, metrics, e.start
             )
             for e in plan.edges
         }

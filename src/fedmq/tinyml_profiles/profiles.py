@@ -40,6 +40,7 @@ class Profile:
     flops: float  # sustained FLOP/s for training code
     link: LinkProfile
     codec: str = "fp32+zstd"  # the uplink codec this device should use by default
+    train: str = "all"  # "all", or "head": the device trains (and sends) only the last layer
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""  # the file it came from
 
@@ -102,6 +103,9 @@ def profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
     ram = device.get("ram_bytes")
     if isinstance(ram, bool) or not isinstance(ram, int) or ram <= 0:
         raise ConfigError(f"{where}: device.ram_bytes must be a positive integer")
+    train = data.get("train", "all")
+    if train not in ("all", "head"):
+        raise ConfigError(f'{where}: train must be "all" or "head", got {train!r}')
     sources = data.get("sources", {})
     if not isinstance(sources, dict):
         raise ConfigError(f"{where}: [sources] must be a table")
@@ -112,6 +116,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
         flops=_number(f"{where} device.flops", device.get("flops"), positive=True),
         link=LinkProfile(**values, max_payload=max_payload),
         codec=str(data.get("codec", "fp32+zstd")),
+        train=train,
         sources={str(k): str(v) for k, v in sources.items()},
         path=where,
     )

@@ -7,7 +7,7 @@ one neither reads nor advances torch's global RNG and is safe from several threa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +116,22 @@ def _float_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 def layout(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(name, shape) of every parameter and float buffer, in state_dict order."""
     return tuple((k, tuple(v.shape)) for k, v in _float_state(model))
+
+
+def head(layout: Sequence[tuple[str, tuple[int, ...]]]) -> tuple[int, tuple[str, ...]]:
+    """The last layer (the tensors of the last module, e.g. fc2.weight and fc2.bias): where it
+    starts in the flat vector, and its names. Transfer learning trains only this part."""
+    if not layout:
+        raise ConfigError("an empty model has no head")
+    module = layout[-1][0].rpartition(".")[0]
+    names: list[str] = []
+    for name, _ in reversed(layout):
+        if name.rpartition(".")[0] != module:
+            break
+        names.append(name)
+    names.reverse()
+    start = sum(math.prod(shape) for _, shape in layout[: len(layout) - len(names)])
+    return start, tuple(names)
 
 
 def num_params(model: nn.Module) -> int:

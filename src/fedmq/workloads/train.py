@@ -41,6 +41,9 @@ class TrainConfig:
     # negative mu would push clients away from the global model. Ignored by train_centralized,
     # which has no global model to stay near.
     prox_mu: float = 0.0
+    # Partial training: only these parameters (names as in `layout`) change; () trains all.
+    # A device that cannot afford backpropagation through the whole model trains its head.
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -114,8 +117,17 @@ def _sgd(
     x, y = _tensors(data)
     n = len(y)
     gen = torch.Generator().manual_seed(seed)
+    if cfg.trainable:
+        names = {name for name, _ in model.named_parameters()}
+        if missing := set(cfg.trainable) - names:
+            raise ConfigError(f"trainable parameters {sorted(missing)} are not in the model")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in cfg.trainable)
     opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
     )
     params = list(model.parameters())
     anchor = [p.detach().clone() for p in params] if prox_mu > 0 else []
