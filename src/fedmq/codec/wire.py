@@ -1,7 +1,8 @@
 """The short msgpack key each message field travels under (schema version 2).
 
-Key names were three quarters of a chunk's header in version 1 (127 of 247 bytes): on a link
-that carries a few hundred bytes a packet, a header is paid for every chunk of every update.
+Key names were 109 of the 247 bytes of a typical update chunk's header in version 1 (174 bytes
+in version 2): on a link that carries a few hundred bytes a packet, a header is paid for every
+chunk of every update.
 Keys are one or two ASCII characters, unique within a message; "v" and "k" (schema version and
 kind) are the envelope's own and never a field's. docs/protocol.md lists the same table.
 """

@@ -186,6 +186,10 @@ class EdgeNode:
     def _on_job(self, job: JobSpec) -> None:
         if job.job != self.config.job:
             raise ProtocolError(f"job spec for {job.job!r} on the topic of {self.config.job!r}")
+        try:
+            DriftSpec.parse(job.drift)
+        except ConfigError as exc:
+            raise ProtocolError(f"job spec with a drift we cannot follow: {exc}") from exc
         if job != self._job:
             self._job, self._data, self._last_round = job, None, 0
             self._feedback = None

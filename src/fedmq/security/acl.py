@@ -153,10 +153,17 @@ def load_acl(path: str | Path) -> Acl:
 
 
 # What each role needs, from transport/topics.py (`fedmq/<job>/...`, any job).
-CLOUD_WRITES = ("job", "task", "model/+", "delta/+", "summary", "control")
-CLOUD_READS = ("status/+", "update/+")
-EDGE_WRITES = ("status/%u", "update/%u")  # the cloud's own status comes from here too
-EDGE_READS = ("job", "task", "model/+", "delta/+", "control", "summary")
+CLOUD_WRITES = ("job", "task", "model/+", "delta/+", "summary", "control", "chain/+")
+CLOUD_READS = ("status/+", "update/+", "chain/+")
+# chain/+: in chained mode an edge hands the model to the next one (whose update signatures the
+# cloud checks); predict/...: any client may ask the serving node for predictions.
+EDGE_WRITES = ("status/%u", "update/%u", "chain/+", "predict/request/%u")
+EDGE_READS = (
+    "job", "task", "model/+", "delta/+", "control", "summary", "chain/%u",
+    "predict/response/%u",
+)  # fmt: skip
+SERVE_WRITES = ("predict/response/+",)
+SERVE_READS = ("job", "task", "model/+", "delta/+", "predict/request/+")
 
 
 def fedmq_acl(cloud_user: str = "cloud") -> str:
@@ -170,6 +177,11 @@ def fedmq_acl(cloud_user: str = "cloud") -> str:
         f"user {cloud_user}",
         *(f"topic write fedmq/+/{t}" for t in CLOUD_WRITES),
         *(f"topic read fedmq/+/{t}" for t in CLOUD_READS),
+        "",
+        "# The serving node (`fedmq serve --username serve`).",
+        "user serve",
+        *(f"topic write fedmq/+/{t}" for t in SERVE_WRITES),
+        *(f"topic read fedmq/+/{t}" for t in SERVE_READS),
         "",
         "# Every client (edges; the cloud too): its own status and update, and the broadcasts.",
         "# (Mosquitto warns that the read patterns hold no %u or %c: they are for every client.)",
