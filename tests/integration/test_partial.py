@@ -15,7 +15,7 @@ async def test_head_only_edges_send_a_slice_and_still_count(amqtt_url: str, tmp_
         clients=4, rounds=3, local_epochs=1, head_only=2, model="cnn", broker=amqtt_url,
         job="partial", out=str(tmp_path / "run"),
     )  # fmt: skip
-    summary, out = await run_federated(cfg)
+    summary, _ = await run_federated(cfg)
     edges = {e["id"]: e for e in summary["edges"]}
     assert [edges[f"edge-{i}"]["train"] for i in range(4)] == ["all", "all", "head", "head"]
     assert all(e["updates"] == 3 for e in edges.values())
