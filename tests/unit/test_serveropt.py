@@ -150,7 +150,7 @@ def test_second_moment_starts_at_tau_squared(make: Callable[..., ServerOptimizer
 
 
 def test_defaults() -> None:
-    assert (ServerSGD().lr, FedAvgM().lr, FedAvgM().beta) == (1.0, 1.0, 0.9)
+    assert (ServerSGD().lr, FedAvgM().lr, FedAvgM().beta) == (1.0, 0.1, 0.9)
     for opt in (FedAdam(), FedYogi()):
         assert (opt.lr, opt.beta1, opt.beta2, opt.tau) == (0.01, 0.9, 0.99, 1e-3)
     assert (FedAdagrad().lr, FedAdagrad().beta1, FedAdagrad().tau) == (0.1, 0.9, 1e-3)

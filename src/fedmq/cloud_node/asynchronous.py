@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmq.cloud_node.fedbuff import FedBuffConfig, FedBuffer, Offer
-from fedmq.codec import BadSignature, RoundTask, TensorChunk, assemble, encode, verify
+from fedmq.codec import RoundTask, TensorChunk, assemble, encode
 from fedmq.errors import CodecError
 from fedmq.transport import Deduper, Reassembler
 
@@ -47,25 +47,14 @@ class AsyncLoop:
         self.presence_changed = asyncio.Event()
         self.contributors: list[str] = []
         self.staleness: list[int] = []
-        self.forged = 0
 
     def offer(self, chunk: TensorChunk, node_id: str) -> None:
         """A decoded update chunk (on the MQTT reader): reassemble, then judge the whole."""
-        keys = self.node._keys
         if chunk.role != "update" or chunk.sender != node_id or chunk.job != self.node.config.job:
             self.buffer.counters.bad += 1
             return
-        if keys is not None:
-            key = keys.get(chunk.sender)
-            try:
-                if key is None:
-                    raise BadSignature(f"{chunk.sender} has no enrolled key")
-                verify(chunk, key)
-            except BadSignature as exc:
-                self.forged += 1
-                if self.forged <= 20:
-                    log.warning("async: rejected update chunk: %s", exc)
-                return
+        if not self.node._authentic(chunk):
+            return
         if self.version - chunk.version > self.buffer.config.max_staleness:
             self.buffer.counters.too_stale += 1  # do not spend memory reassembling it
             return
@@ -136,7 +125,7 @@ class AsyncLoop:
                 selected=tuple(node.ready), participants=tuple(contributors),
                 num_samples=int(samples), seconds=time.perf_counter() - t0,
                 round_seconds=round_seconds, quorum_met=True,
-                counters={**self.buffer.counters.as_dict(), "forged": self.forged,
+                counters={**self.buffer.counters.as_dict(), "forged": node.forged,
                           "max_staleness_seen": max(stale, default=0)},
                 cloud_sent=after.sent - before.sent,
                 cloud_received=after.received - before.received,

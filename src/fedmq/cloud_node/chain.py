@@ -21,16 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedmq.codec import (
-    BadSignature,
-    CodecSpec,
-    RoundTask,
-    TensorChunk,
-    assemble,
-    encode,
-    split_vector,
-    verify,
-)
+from fedmq.codec import CodecSpec, RoundTask, TensorChunk, assemble, encode, split_vector
 from fedmq.errors import CodecError
 from fedmq.transport import Reassembler
 
@@ -50,7 +41,6 @@ class ChainLoop:
         self.reassembler = Reassembler(max_bytes=cfg.max_reassembly_bytes, timeout_s=300.0)
         self.hops: asyncio.Queue[Hop] = asyncio.Queue()
         self.skipped = 0
-        self.forged = 0
 
     def offer(self, chunk: TensorChunk) -> None:
         """A decoded chunk seen on any `chain/` topic (on the MQTT reader)."""
@@ -58,16 +48,8 @@ class ChainLoop:
         if chunk.role != "model" or chunk.job != node.config.job:
             node._bad(node.topics.chain_all, CodecError(f"{chunk.role} chunk on a chain topic"))
             return
-        if node._keys is not None and chunk.sender != node.config.node_id:
-            key = node._keys.get(chunk.sender)
-            try:
-                if key is None:
-                    raise BadSignature(f"{chunk.sender} has no enrolled key")
-                verify(chunk, key)
-            except BadSignature as exc:
-                self.forged += 1
-                log.warning("chain: rejected hop chunk: %s", exc)
-                return
+        if chunk.sender != node.config.node_id and not node._authentic(chunk):
+            return
         chunks = self.reassembler.add(chunk, time.monotonic())
         if chunks is None:
             return
@@ -127,7 +109,7 @@ class ChainLoop:
                 seconds=time.perf_counter() - t0, round_seconds=time.perf_counter() - t0,
                 quorum_met=bool(passed),
                 counters={"hops": len(passed), "skipped": len(order) - len(passed),
-                          "forged": self.forged},
+                          "forged": node.forged},
                 cloud_sent=after.sent - before.sent,
                 cloud_received=after.received - before.received,
                 client_metrics=hop_metrics, elapsed=time.perf_counter() - began,

@@ -24,6 +24,7 @@ from fedmq.cloud_node.rounds import RoundTracker, Verdict
 from fedmq.cloud_node.staleness import Staleness
 from fedmq.cloud_node.strategy import Strategy
 from fedmq.codec import (
+    BadSignature,
     CodecSpec,
     Control,
     JobSpec,
@@ -35,6 +36,7 @@ from fedmq.codec import (
     decode,
     encode,
     split_vector,
+    verify,
 )
 from fedmq.errors import CodecError, ConfigError
 from fedmq.security.keys import load_trusted
@@ -223,6 +225,26 @@ class CloudNode:
         if self.malformed <= 20 or self.malformed % 1000 == 0:
             log.warning("rejected message on %s (%d so far): %s", topic, self.malformed, exc)
 
+    def _authentic(self, chunk: TensorChunk) -> bool:
+        """With trusted keys: is the chunk signed by its sender's enrolled key? Counts if not.
+
+        The sync rounds check inside `RoundTracker` (a verdict among the others); the async and
+        chain loops, which reassemble whole vectors first, check each chunk here.
+        """
+        if self._keys is None:
+            return True
+        key = self._keys.get(chunk.sender)
+        try:
+            if key is None:
+                raise BadSignature(f"{chunk.sender} has no enrolled key")
+            verify(chunk, key)
+        except BadSignature as exc:
+            self.forged += 1
+            if self.forged <= 20 or self.forged % 1000 == 0:
+                log.warning("rejected update chunk (%d so far): %s", self.forged, exc)
+            return False
+        return True
+
     def _on_status(self, node: str, payload: bytes) -> None:
         try:
             status = decode(payload, self.limits, expect=Status)
@@ -344,11 +366,9 @@ class CloudNode:
                 self._async = AsyncLoop(self, flat.size)
                 records, flat = await self._async.run(flat, test, on_round)
                 version = self._async.version
-                self.forged += self._async.forged
             elif self._chain is not None:
                 records, flat = await self._chain.run(flat, test, on_round)
                 version = len(records)
-                self.forged += self._chain.forged
                 self._view, self._pending_delta = flat.copy(), []
                 await self._publish_model(version, round=cfg.rounds + 1)  # for serving nodes
             began = time.perf_counter()

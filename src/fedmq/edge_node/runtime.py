@@ -34,7 +34,15 @@ from fedmq.codec import (
 )
 from fedmq.errors import CodecError, ConfigError, FedmqError, ProtocolError
 from fedmq.security.keys import load_private_key
-from fedmq.transport import ByteMeter, Reassembler, Session, SessionConfig, Topics
+from fedmq.transport import (
+    ByteMeter,
+    ModelFollower,
+    Reassembler,
+    Session,
+    SessionConfig,
+    Step,
+    Topics,
+)
 from fedmq.workloads import (
     Dataset,
     PartitionSpec,
@@ -125,10 +133,10 @@ class EdgeNode:
         self._data: Dataset | None = None
         self._job: JobSpec | None = None
         self._task: RoundTask | None = None
-        self._model: tuple[int, np.ndarray] | None = None  # (version, flat)
-        self._reassembler = Reassembler(
-            max_bytes=config.max_model_bytes, timeout_s=config.model_timeout
-        )
+        self._follow = ModelFollower(
+            job=config.job, limits=self.limits, max_bytes=config.max_model_bytes,
+            timeout_s=config.model_timeout,
+        )  # fmt: skip
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_round = 0
@@ -200,31 +208,17 @@ class EdgeNode:
             self._task = task
             self._wake.set()
 
+    @property
+    def _model(self) -> tuple[int, np.ndarray] | None:
+        return self._follow.model  # (version, flat): what the cloud says edges hold
+
     def _on_model_chunk(self, chunk: TensorChunk) -> None:
-        if chunk.role != "model" or chunk.job != self.config.job:
-            raise ProtocolError(f"unexpected {chunk.role} chunk on the model topic")
-        if self._model is not None and chunk.version == self._model[0]:
-            return  # a retained copy of the version we hold
-        # Any other version is taken, lower ones too: a restarted cloud begins again at 0.
-        self._reassembler.discard_older(chunk.sender, "model", chunk.version)
-        chunks = self._reassembler.add(chunk, time.monotonic())
-        if chunks is not None:
-            self._model = (chunk.version, assemble(chunks, self.limits))
+        if self._follow.on_model(chunk, time.monotonic()) is Step.MODEL:
             self._wake.set()
 
     def _on_delta_chunk(self, chunk: TensorChunk) -> None:
-        if chunk.role != "delta" or chunk.job != self.config.job:
-            raise ProtocolError(f"unexpected {chunk.role} chunk on the delta topic")
-        if self._model is not None and chunk.version <= self._model[0]:
-            return  # we hold that version already (a full model arrived first)
-        chunks = self._reassembler.add(chunk, time.monotonic())
-        if chunks is None:
-            return
-        if self._model is not None and self._model[0] == chunk.version - 1:
-            change = assemble(chunks, self.limits, require_finite=True)
-            if change.size == self._model[1].size:
-                self._model = (chunk.version, self._model[1] + change)
-        self._wake.set()  # applied, or a gap: _step fetches the full model
+        if self._follow.on_delta(chunk, time.monotonic()) is not Step.NONE:
+            self._wake.set()  # applied, or a gap: _step fetches the full model
 
     def _on_chain_chunk(self, chunk: TensorChunk) -> None:
         if chunk.role != "model" or chunk.job != self.config.job:

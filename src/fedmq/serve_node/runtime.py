@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedmq.codec import JobSpec, Limits, RoundTask, TensorChunk, assemble, decode
+from fedmq.codec import JobSpec, Limits, RoundTask, TensorChunk, decode
 from fedmq.errors import CodecError, ConfigError, FedmqError, ProtocolError, TransportError
 from fedmq.serve_node import api
 from fedmq.serve_node.httpd import HttpServer, parse_http_address
 from fedmq.serve_node.service import Predictor, Served, respond
-from fedmq.transport import ByteMeter, Reassembler, Session, SessionConfig, Topics
+from fedmq.transport import ByteMeter, ModelFollower, Session, SessionConfig, Step, Topics
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +97,21 @@ class ServeNode:
         self.errors = 0
         self.dropped = 0
         self.malformed = 0
-        self.full_models = 0
-        self.deltas_applied = 0
         self._on_version = on_version
         self._on_http = on_http
         self._versions: collections.deque[int] = collections.deque(maxlen=256)
         self._reported: int | None = None
         self._job: JobSpec | None = None
         self._task: RoundTask | None = None
-        self._model: tuple[int, np.ndarray] | None = None  # (version, flat); never changed in place
         self._predictor: Predictor | None = None
         self._failed: JobSpec | None = None  # a job whose model cannot be built here
         self._failure = ""
-        self._gap = False  # a delta did not apply: only a full model helps
         self._full_wanted = False  # subscribed to the full model topic
         self._reconnects_seen = 0
-        self._reassembler = Reassembler(
-            max_bytes=config.max_model_bytes, timeout_s=config.model_timeout
-        )
+        self._follower = ModelFollower(
+            job=config.job, limits=self.limits, max_bytes=config.max_model_bytes,
+            timeout_s=config.model_timeout,
+        )  # fmt: skip
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(config.max_queue)
         self._request_prefix = api.request_topic(self.topics, "")
         self._wake = asyncio.Event()
@@ -132,7 +129,23 @@ class ServeNode:
     @property
     def model(self) -> tuple[int, np.ndarray] | None:
         """(version, flat) held now, whether or not a predictor for it is ready."""
-        return self._model
+        return self._follower.model
+
+    @property
+    def _model(self) -> tuple[int, np.ndarray] | None:
+        return self._follower.model
+
+    @property
+    def _gap(self) -> bool:
+        return self._follower.gap
+
+    @property
+    def full_models(self) -> int:
+        return self._follower.full_models
+
+    @property
+    def deltas_applied(self) -> int:
+        return self._follower.deltas_applied
 
     def served(self) -> Served | None:
         model, predictor = self._model, self._predictor
@@ -237,43 +250,21 @@ class ServeNode:
         if job == self._job:
             return
         if self._job is not None and self._job.layout != job.layout:
-            self._model = None  # a vector of another model: wait for this job's
+            self._follower.forget()  # a vector of another model: wait for this job's
         self._job, self._predictor = job, None
         self._wake.set()
 
     def _on_model_chunk(self, chunk: TensorChunk) -> None:
-        if chunk.role != "model" or chunk.job != self.config.job:
-            raise ProtocolError(f"unexpected {chunk.role} chunk on the model topic")
-        if self._model is not None and chunk.version == self._model[0] and not self._gap:
-            return  # a retained copy of the version we hold
-        # Any other version is taken, lower ones too: a restarted cloud begins again at 0.
-        self._reassembler.discard_older(chunk.sender, "model", chunk.version)
-        chunks = self._reassembler.add(chunk, time.monotonic())
-        if chunks is not None:
-            self._model = (chunk.version, assemble(chunks, self.limits))
-            self._gap = False
-            self.full_models += 1
+        if self._follower.on_model(chunk, time.monotonic()) is Step.MODEL:
             self._note_served()
             self._wake.set()
 
     def _on_delta_chunk(self, chunk: TensorChunk) -> None:
-        if chunk.role != "delta" or chunk.job != self.config.job:
-            raise ProtocolError(f"unexpected {chunk.role} chunk on the delta topic")
-        if self._model is not None and chunk.version <= self._model[0]:
-            return  # we hold that version already (a full model arrived first)
-        chunks = self._reassembler.add(chunk, time.monotonic())
-        if chunks is None:
-            return
-        model = self._model
-        change = assemble(chunks, self.limits)
-        if model is not None and model[0] == chunk.version - 1 and change.size == model[1].size:
-            # A new array, never an in-place add: answers in flight keep the one they started on.
-            self._model = (chunk.version, model[1] + change)
-            self.deltas_applied += 1
+        step = self._follower.on_delta(chunk, time.monotonic())
+        if step is Step.APPLIED:
             self._note_served()
-        else:
-            self._gap = True  # not on top of what we hold: wait for the full model
-        self._wake.set()
+        if step is not Step.NONE:
+            self._wake.set()  # applied, or a gap: wait for the full model
 
     # -- the loop -----------------------------------------------------------------------------
 
