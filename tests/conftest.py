@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -94,13 +95,10 @@ def mosquitto_command(folder: Path, port: int) -> list[str]:
     return [binary, "-c", str(conf)]
 
 
-@pytest.fixture
-def mosquitto_url(tmp_path: Path) -> Iterator[str]:
-    """A real Mosquitto on an ephemeral loopback port, with fedmq's shipped settings."""
-    port = free_port()
-    proc = subprocess.Popen(
-        mosquitto_command(tmp_path, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+@contextlib.contextmanager
+def broker_process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A broker process, once it accepts connections on `port`; stopped on exit."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -110,14 +108,24 @@ def mosquitto_url(tmp_path: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 proc.kill()
-                pytest.fail(f"mosquitto did not start: {err}")
+                pytest.fail(f"{argv[0]} did not start: {err}")
             time.sleep(0.05)
-    yield f"mqtt://127.0.0.1:{port}"
-    proc.terminate()
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def mosquitto_url(tmp_path: Path) -> Iterator[str]:
+    """A real Mosquitto on an ephemeral loopback port, with fedmq's shipped settings."""
+    port = free_port()
+    with broker_process(mosquitto_command(tmp_path, port), port):
+        yield f"mqtt://127.0.0.1:{port}"
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])

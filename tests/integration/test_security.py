@@ -19,7 +19,7 @@ from fedmq.errors import TransportError
 from fedmq.security import load_acl, set_password
 from fedmq.security.certs import make_trial_pki
 from fedmq.transport import Session, SessionConfig
-from tests.conftest import BrokerThread, free_port, wait_until
+from tests.conftest import BrokerThread, broker_process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,15 +90,8 @@ def mosquitto_secure(files: Path, tmp_path: Path) -> Iterator[str]:
         lines.append("user root")  # else it drops to `mosquitto`, who cannot read our 0600 files
     conf = tmp_path / "mosquitto.conf"
     conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    wait_port(port, proc)
-    yield f"mqtts://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with broker_process([binary, "-c", str(conf)], port):
+        yield f"mqtts://127.0.0.1:{port}"
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])
