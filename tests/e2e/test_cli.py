@@ -187,3 +187,35 @@ def test_a_model_too_big_for_a_device_is_refused() -> None:
     assert "256 KiB" in proc.stderr
     lora = fedmq("estimate", "--fleet", "lorawan-sf7:1")
     assert lora.returncode == 2 and "222 B" in lora.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("async", ("--buffer-size", "2", "--staleness", "hinge:1:2")),
+        ("chain", ()),
+        ("sync", ("--server-opt", "fedadam", "--prox-mu", "0.01", "--drift", "grow:0.5",
+                  "--head-only", "1")),
+    ],
+)  # fmt: skip
+def test_run_in_every_mode(tmp_path: Path, mode: str, extra: tuple[str, ...]) -> None:
+    out = tmp_path / mode
+    r = fedmq("run", "--quiet", "--mode", mode, "--clients", "3", "--rounds", "3",
+              "--local-epochs", "1", "--out", str(out), *extra)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == mode and summary["rounds"] == 3
+    assert (out / "accuracy.png").stat().st_size > 0
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    times = [r["training_elapsed"] for r in rows]
+    assert times == sorted(times) and times[0] > 0  # accuracy over time, not only at the end
+
+
+def test_keys_makes_an_enrollable_pair(tmp_path: Path) -> None:
+    r = fedmq("keys", str(tmp_path), "--device", "edge-0", "--device", "edge-1")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "edge-0.key", "edge-0.pub", "edge-1.key", "edge-1.pub",
+    ]  # fmt: skip
+    again = fedmq("keys", str(tmp_path), "--device", "edge-0")
+    assert again.returncode == 2 and "--force" in again.stderr
