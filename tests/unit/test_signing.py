@@ -102,3 +102,20 @@ def test_key_files_round_trip_and_refuse_to_overwrite(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"no <node>\.pub"):
         load_trusted(tmp_path / "empty")
+
+
+def test_absurd_values_never_reach_the_aggregate() -> None:
+    aggregator = FedAvgAggregator(np.zeros(3000, np.float32))
+    tracker = RoundTracker(
+        job="j", round=3, version=2, total=3000, selected=("edge-1",), aggregator=aggregator,
+        limits=Limits(), max_abs=10.0,
+    )  # fmt: skip
+    huge = split_vector(
+        np.full(3000, 1e6, np.float32), CodecSpec.parse("fp32"), max_payload=4096, job="j",
+        sender="edge-1", role="update", round=3, version=2, num_samples=10,
+    )  # fmt: skip
+    assert [tracker.offer(decode(p), "edge-1") for p in huge] == [Verdict.OUT_OF_RANGE] * len(huge)
+    assert tracker.counters.out_of_range == len(huge) and tracker.completed == ()
+    for p in _chunks(None):  # the honest update (values in [-1, 1]) still counts afterwards
+        assert tracker.offer(decode(p), "edge-1") is Verdict.ACCEPTED
+    assert float(np.abs(aggregator.result()).max()) <= 1.0

@@ -69,6 +69,9 @@ class AsyncLoop:
         except CodecError as exc:
             self.node._bad(self.node.topics.update(node_id), exc)
             return
+        if delta.size and float(np.max(np.abs(delta))) > self.node.config.max_update_value:
+            self.buffer.counters.bad += 1  # finite, but no training step makes it
+            return
         verdict, weight = self.buffer.offer(
             chunk.sender, chunk.version, self.version, delta, chunk.num_samples
         )

@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedmq.cloud_node.strategy import Aggregator
@@ -25,6 +26,7 @@ class Verdict(enum.Enum):
     UNEXPECTED = "unexpected"  # from a client not selected, or not matching its topic
     MALFORMED = "malformed"  # a header that lies, or values that do not decode
     FORGED = "forged"  # unsigned, or not signed by the sender's enrolled key
+    OUT_OF_RANGE = "out_of_range"  # finite, but a change no training step makes (|x| > bound)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class RoundCounters:
     unexpected: int = 0
     malformed: int = 0
     forged: int = 0
+    out_of_range: int = 0
 
     def count(self, verdict: Verdict) -> None:
         setattr(self, verdict.value, getattr(self, verdict.value) + 1)
@@ -64,6 +67,7 @@ class RoundTracker:
         limits: Limits,
         max_samples: int = 10_000_000,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
+        max_abs: float = 1e4,
     ) -> None:
         self.job, self.round, self.version, self.total = job, round, version, total
         self.selected = frozenset(selected)
@@ -71,6 +75,9 @@ class RoundTracker:
         self.limits = limits
         self.max_samples = max_samples
         self.keys = keys  # None: signatures are not required
+        # An update coordinate this large is an attack or a broken device, never training: the
+        # streaming average cannot take it out again once folded in, so it never goes in.
+        self.max_abs = max_abs
         self.counters = RoundCounters()
         self._progress: dict[str, _ClientProgress] = {}
 
@@ -108,6 +115,8 @@ class RoundTracker:
             values = chunk_values(chunk, self.limits)
         except CodecError:
             return Verdict.MALFORMED
+        if values.size and float(np.max(np.abs(values))) > self.max_abs:
+            return Verdict.OUT_OF_RANGE
         if progress is None:
             progress = self._progress[chunk.sender] = _ClientProgress(
                 chunk.count, chunk.num_samples

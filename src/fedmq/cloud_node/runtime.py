@@ -86,6 +86,7 @@ class CloudConfig:
     buffer_size: int = 5  # async: apply the buffer after this many accepted updates (K)
     max_staleness: int = 10  # async: reject updates based on a version older than this
     staleness: str = "poly:0.5"  # async: weight of a stale update (see cloud_node.staleness)
+    max_update_value: float = 1e4  # an update with any |coordinate| above this is rejected
     max_reassembly_bytes: int = 256 << 20  # async: bytes of update chunks held while incomplete
     checkpoint: str = ""  # file written atomically after every round ("" = none)
     resume: bool = False  # start from `checkpoint` when it exists
@@ -282,6 +283,8 @@ class CloudNode:
             tracker.counters.malformed -= 1  # _bad counted it already
         elif verdict is Verdict.STALE:
             self.stale += 1
+        elif verdict is Verdict.OUT_OF_RANGE:
+            log.warning("rejected an update chunk of %s: values over %g", node, tracker.max_abs)
         elif verdict is Verdict.FORGED:
             self.forged += 1
             if self.forged <= 20 or self.forged % 1000 == 0:
@@ -481,6 +484,7 @@ class CloudNode:
         tracker = RoundTracker(
             job=cfg.job, round=rnd, version=version, total=flat.size, selected=selected,
             aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits, keys=self._keys,
+            max_abs=cfg.max_update_value,
         )  # fmt: skip
         self._round_done.clear()
         self._tracker = tracker
