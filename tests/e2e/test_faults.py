@@ -63,6 +63,8 @@ class Proc:
 
 def _cloud(url: str, out: Path, rounds: int, *extra: str) -> Proc:
     return Proc(
+        "--log-level",
+        "info",
         "cloud",
         *extra,
         "--broker",
@@ -100,7 +102,17 @@ rtt_ms = 20
 
 def _edge(url: str, i: int, profile: Path) -> Proc:
     return Proc(
-        "edge", "--broker", url, "--id", f"edge-{i}", "--job", "faults", "--profile", str(profile)
+        "--log-level",
+        "info",
+        "edge",
+        "--broker",
+        url,
+        "--id",
+        f"edge-{i}",
+        "--job",
+        "faults",
+        "--profile",
+        str(profile),
     )
 
 
@@ -212,7 +224,8 @@ def test_the_cloud_killed_mid_run_resumes_from_its_checkpoint(
     d = Deployment(tmp_path, slow, 8, broker, "--checkpoint", str(ckpt), "--resume")
     try:
         d.cloud.wait_for("round 3/8")
-        time.sleep(0.3)  # into round 4: some edges have sent, some have not
+        # Killed once round 4 has taken in a whole update: what it acknowledged dies with it.
+        d.cloud.wait_for("round 4: update of edge-")
         d.cloud.kill()  # SIGKILL: no goodbye, no clean-up, whatever was in flight is lost
         first = [r["round"] for r in d.rows()]
         again = d.start_cloud(8)
@@ -235,5 +248,7 @@ def test_the_cloud_killed_mid_run_resumes_from_its_checkpoint(
         assert summary["final_accuracy"] > 0.5
         for e in d.edges:
             assert e.finish(60) == 0
+        # The edge(s) whose update the killed cloud had taken in sent it again, unchanged.
+        assert any("round 4 re-issued; update resent" in "".join(e.seen) for e in d.edges)
     finally:
         d.kill_all()

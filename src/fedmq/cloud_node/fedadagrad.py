@@ -1,6 +1,10 @@
 """FedAdagrad (Reddi et al. 2021): v sums every round's squared delta, so steps only shrink.
 
 Second moment: v <- v + delta^2. The rest is `AdaptiveOptimizer`.
+
+Default server lr 0.1, higher than Adam's because v only grows: on digits (bench/server_opt.py,
+30 rounds, seeds 0-2) it scores like FedAvg with "mlp" and "cnn"; lr 0.03 loses 2-3 points
+with "mlp".
 """
 
 from __future__ import annotations

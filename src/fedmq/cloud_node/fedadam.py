@@ -1,6 +1,10 @@
 """FedAdam (Reddi et al. 2021): v is an exponential average of squared deltas.
 
 Second moment: v <- beta2 * v + (1 - beta2) * delta^2. The rest is `AdaptiveOptimizer`.
+
+Defaults are the paper's beta1, beta2 and tau with server lr 0.01: on digits (bench/server_opt.py,
+30 rounds, seeds 0-2) it scores like FedAvg with "mlp" and "cnn"; lr 0.1 does as well with
+"mlp" but loses 4 points with "cnn" (seed 0).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ not scale with v, so it grows more slowly than Adam's when a large delta arrives
 
 Second moment: v <- v - (1 - beta2) * delta^2 * sign(v - delta^2). The rest is
 `AdaptiveOptimizer`.
+
+Defaults as FedAdam's, for the same reason: server lr 0.01 scores like FedAvg on digits with
+"mlp" and "cnn" (bench/server_opt.py), lr 0.1 drops 7 points with "cnn".
 """
 
 from __future__ import annotations

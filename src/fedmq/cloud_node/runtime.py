@@ -278,6 +278,11 @@ class CloudNode:
             self.stale += 1
             return
         verdict = tracker.offer(chunk, node)
+        if verdict is Verdict.ACCEPTED and node in tracker.completed:
+            log.info(
+                "round %d: update of %s complete (%d of %d)",
+                tracker.round, node, len(tracker.completed), len(tracker.selected),
+            )  # fmt: skip
         if verdict is Verdict.MALFORMED:
             self._bad(self.topics.update(node), CodecError("chunk header or values rejected"))
             tracker.counters.malformed -= 1  # _bad counted it already
