@@ -111,3 +111,19 @@ async def test_forged_updates_are_rejected_and_counted(broker_url: str, tmp_path
     # 100.0 everywhere with 10,000 samples of weight would have swamped the model.
     assert float(np.abs(result.final_flat).max()) < 10.0
     assert result.final_accuracy > 0.5
+
+
+async def test_async_with_a_buffer_larger_than_the_fleet_still_moves(amqtt_url: str) -> None:
+    cloud = CloudNode(
+        CloudConfig(broker=amqtt_url, job="async-k", clients=2, rounds=3, local_epochs=1,
+                    mode="async", buffer_size=5)
+    )  # fmt: skip
+    edges = [
+        EdgeNode(EdgeConfig(broker=amqtt_url, node_id=f"edge-{i}", job="async-k")) for i in range(2)
+    ]
+    async with asyncio.TaskGroup() as tg:
+        for e in edges:
+            tg.create_task(e.run())
+        result = await asyncio.wait_for(cloud.run(), 120)
+    # Each edge trains once per version: K is capped at the joined edges, never waits forever.
+    assert [r.version for r in result.records] == [1, 2, 3]

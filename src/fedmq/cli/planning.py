@@ -149,6 +149,8 @@ def job_spec(setup: Setup, model: torch.nn.Module) -> JobSpec:
         codec=setup.task_codec,
         max_payload=cfg.max_payload,
         layout=layout(model),
+        drift=cfg.drift,
+        rounds=cfg.rounds,
     )
 
 
@@ -180,6 +182,8 @@ def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:
         delta_codec=cfg.delta_codec,
         flops_per_sample=setup.cost.flops_per_sample,
         host_flops=sample.host_flops,
+        mode=cfg.mode,
+        prox_mu=cfg.prox_mu,
     )
     strategy = FedAvg(fraction=cfg.fraction, min_clients=cfg.min_fit)
     rng = np.random.default_rng(cfg.seed)  # the cloud's sampling, replayed

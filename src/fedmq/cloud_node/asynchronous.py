@@ -79,8 +79,13 @@ class AsyncLoop:
             self.contributors.append(chunk.sender)
             self.staleness.append(self.version - chunk.version)
             log.debug("async: %s v%d accepted, weight %.3f", chunk.sender, chunk.version, weight)
-        if self.buffer.ready:
+        if self._full():
             self.ready.set()
+
+    def _full(self) -> bool:
+        # Each edge trains once per version, so K above the joined edges would wait forever.
+        k = min(self.buffer.config.buffer_size, max(1, len(self.node.ready)))
+        return self.buffer.pending >= k
 
     async def run(
         self,
@@ -99,7 +104,7 @@ class AsyncLoop:
         optimizer = getattr(node.strategy, "optimizer", None)
         for update in range(1, cfg.rounds + 1):
             before, t0 = node.meter.read(), time.perf_counter()
-            while not self.buffer.ready:
+            while not self._full():
                 waiter = asyncio.ensure_future(self.ready.wait())
                 presence = asyncio.ensure_future(self.presence_changed.wait())
                 await asyncio.wait({waiter, presence}, return_when=asyncio.FIRST_COMPLETED)

@@ -58,6 +58,8 @@ class Plan:
     host_flops: float = 0.0  # this machine's training speed; emulation cannot beat it
     keepalive: int = 20
     resync_s: float = 10.0
+    mode: str = "sync"  # sync | async (the same messages, `select` differs) | chain
+    prox_mu: float = 0.0  # travels in every task
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ def estimate(
 
     # Setup: CONNECT (with will), four SUBSCRIBEs, birth, the job, and the status after joining.
     subs = (topics.jobspec, topics.task, topics.delta_all, topics.control)
+    chain = plan.mode == "chain"
     job_pub = mq.publish_size(topics.jobspec, len(encode(job)))
     clear_task = mq.publish_size(topics.task, 0)
     setup_up = setup_down = 0
@@ -219,18 +222,26 @@ def estimate(
             f"{job.job}-{e.node_id}", will_topic=st, will_payload_len=status(e, False, 0)
         )
         setup_up += sum(mq.subscribe_size(t) for t in subs)
+        setup_up += mq.subscribe_size(topics.chain(e.node_id))
         setup_up += mq.publish_size(st, status(e, True, 0))  # birth
         setup_up += mq.publish_size(st, status(e, True, e.num_samples))  # after joining
         setup_up += 2 * mq.PUBACK  # for the task clear and the job
         # The full model topic: subscribed until the first model is complete.
-        setup_up += mq.subscribe_size(topics.model_all) + mq.unsubscribe_size(topics.model_all)
-        setup_down += mq.CONNACK + (len(subs) + 1) * mq.SUBACK_ONE + mq.UNSUBACK + 2 * mq.PUBACK
+        # The full model topic: subscribed until the first model is complete (in a chain, the
+        # models come on chain/<edge>, so it stays subscribed and gets the final model).
+        setup_up += mq.subscribe_size(topics.model_all)
+        setup_down += mq.CONNACK + (len(subs) + 2) * mq.SUBACK_ONE + 2 * mq.PUBACK
+        if not chain:
+            setup_up += mq.unsubscribe_size(topics.model_all)
+            setup_down += mq.UNSUBACK
         setup_down += clear_task + job_pub
 
     rounds: list[RoundEstimate] = []
     online = sorted(by_id)
     w_fp32 = 4 * job.num_params
-    for rnd in range(1, plan.rounds + 1):
+    if chain:
+        rounds = _chain_rounds(plan, full_model, online)
+    for rnd in range(1, 0 if chain else plan.rounds + 1):
         version = rnd - 1
         selected = select(rnd, online)
         task = RoundTask(
@@ -244,6 +255,8 @@ def estimate(
             lr=plan.lr,
             momentum=plan.momentum,
             codec=plan.task_codec,
+            mode="async" if plan.mode == "async" else "sync",
+            prox_mu=plan.prox_mu,
         )
         task_pub = mq.publish_size(topics.task, len(encode(task)))
         model_pub = 0
@@ -273,12 +286,14 @@ def estimate(
             RoundEstimate(rnd, selected, up, down, w_fp32 * len(selected), bound, slowest)
         )
 
-    # Teardown: the final model change (the last round's result), the stop, the cleared task
-    # and job, the goodbye status and DISCONNECT.
-    final = change_tmpls[min(plan.rounds, len(change_tmpls)) - 1]
+    # Teardown: the final model change (the last round's result; in a chain the full model, on
+    # the model topic they still listen to), the stop, the cleared task and job, the goodbye
+    # status and DISCONNECT.
+    final = model_tmpl if chain else change_tmpls[min(plan.rounds, len(change_tmpls)) - 1]
+    final_topic = topics.model if chain else topics.delta
     final_pub = sum(
         mq.publish_size(
-            topics.delta(i),
+            final_topic(i),
             len(encode(dataclasses.replace(c, round=plan.rounds + 1, version=plan.rounds))),
         )
         for i, c in enumerate(final)
@@ -299,6 +314,56 @@ def estimate(
     return Estimate(
         tuple(rounds), setup_up, setup_down, teardown_up, teardown_down, update_bytes, model_bytes
     )
+
+
+def _chain_rounds(plan: Plan, full_model: np.ndarray, order: list[str]) -> list[RoundEstimate]:
+    """Chained passes: each edge gets the model on chain/<edge> and sends its own to the next.
+
+    What an edge sends is a trained full model in the downlink codec; the initial model's
+    compressed size stands in for it. The bound is the sum over the hops: they are serial.
+    """
+    job, topics = plan.job, Topics(plan.job.job)
+    by_id = {e.node_id: e for e in plan.edges}
+    tmpl = {
+        sender: _template(full_model, plan.downlink_codec, job, sender, "model", 0, {})
+        for sender in ("cloud", *order)
+    }
+    out: list[RoundEstimate] = []
+    for rnd in range(1, plan.rounds + 1):
+        task = RoundTask(
+            job=job.job, round=rnd, version=0, selected=tuple(order),
+            deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
+            batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum,
+            codec=plan.downlink_codec, mode="chain", prox_mu=plan.prox_mu,
+        )  # fmt: skip
+        task_pub = mq.publish_size(topics.task, len(encode(task)))
+        up = down = 0
+        bound = 0.0
+        for k, node in enumerate(order):
+            sender = order[k - 1] if k else "cloud"
+            after = order[k + 1] if k + 1 < len(order) else "cloud"
+            hop_in = sum(
+                mq.publish_size(
+                    topics.chain(node),
+                    len(encode(dataclasses.replace(c, round=rnd, version=k))),
+                )
+                for c in tmpl[sender]
+            )
+            hop_out = sum(
+                mq.publish_size(
+                    topics.chain(after),
+                    len(encode(dataclasses.replace(c, round=rnd, version=k + 1))),
+                )
+                for c in tmpl[node]
+            )
+            up += hop_out + len(tmpl[sender]) * mq.PUBACK
+            down += hop_in + task_pub + len(tmpl[node]) * mq.PUBACK
+            bound += _edge_seconds(plan, by_id[node], hop_in, hop_out)
+        out.append(
+            RoundEstimate(rnd, tuple(order), up, down, 4 * job.num_params * len(order), bound,
+                          order[-1])
+        )  # fmt: skip
+    return out
 
 
 def compute_seconds(plan: Plan, edge: EdgePlan) -> float:
