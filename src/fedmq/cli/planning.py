@@ -319,7 +319,7 @@ def make_strategy(cfg: RunConfig) -> Strategy:
     base = _base_strategy(cfg)
     if cfg.server_opt == "none":
         topk = CodecSpec.parse(cfg.codec).topk if cfg.codec else None
-        sparse = topk is not None and topk <= SPARSE_K
+        sparse = topk is not None and topk <= SPARSE_K and cfg.mode == "sync"  # measured there
         if sparse and cfg.sparse_server_lr != 1.0:
             return ServerOptStrategy(base=base, optimizer=ServerSGD(lr=cfg.sparse_server_lr))
         return base

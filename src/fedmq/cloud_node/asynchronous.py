@@ -45,6 +45,12 @@ class AsyncLoop:
         self.version = 0
         self.ready = asyncio.Event()
         self.presence_changed = asyncio.Event()
+        base = getattr(node.strategy, "base", node.strategy)
+        if base.name != "fedavg":
+            log.warning(
+                "async mode weighs updates with FedBuff; the %s rule is not used (a server "
+                "optimizer is)", base.name,
+            )  # fmt: skip
         self.contributors: list[str] = []
         self.staleness: list[int] = []
 
