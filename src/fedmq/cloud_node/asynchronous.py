@@ -67,9 +67,6 @@ class AsyncLoop:
         chunks = self.reassembler.add(chunk, time.monotonic())
         if chunks is None:
             return
-        if not self.seen.first_time(chunk.version, chunk.sender):
-            self.buffer.counters.duplicate += 1
-            return
         try:
             delta = assemble(chunks, self.node.limits, require_finite=True)
         except CodecError as exc:
@@ -77,6 +74,10 @@ class AsyncLoop:
             return
         if delta.size and float(np.max(np.abs(delta))) > self.node.config.max_update_value:
             self.buffer.counters.bad += 1  # finite, but no training step makes it
+            return
+        # Marked only once it checked out, so a broken copy cannot shadow the genuine update.
+        if not self.seen.first_time(chunk.version, chunk.sender):
+            self.buffer.counters.duplicate += 1
             return
         verdict, weight = self.buffer.offer(
             chunk.sender, chunk.version, self.version, delta, chunk.num_samples
