@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedmq import __version__
+from fedmq.cli import security, serve
 from fedmq.cli.config import FIELDS, RunConfig, resolve
 from fedmq.errors import FedmqError
 
@@ -439,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2 << 20,
         help="largest MQTT packet accepted, bytes (default 2097152)",
     )
-    __import__("fedmq.cli.security", fromlist=["x"]).add_broker_flags(p)  # auth, ACL, TLS
+    security.add_broker_flags(p)  # auth, ACL, TLS
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("cloud", help="the cloud node against a running broker")
@@ -535,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("codecs", help="list the update codecs")
     p.set_defaults(func=cmd_codecs)
-    __import__("fedmq.cli.security", fromlist=["x"]).add_commands(sub)  # passwd, certs, acl
-    __import__("fedmq.cli.serve", fromlist=["add_parser"]).add_parser(sub)  # `fedmq serve`
+    security.add_commands(sub)  # passwd, certs, acl
+    serve.add_parser(sub)  # `fedmq serve`
     return parser
 
 
