@@ -1,6 +1,7 @@
 """Asynchronous (FedBuff) rounds and signed updates, end to end over real brokers."""
 
 import asyncio
+import contextlib
 import functools
 from pathlib import Path
 
@@ -127,3 +128,37 @@ async def test_async_with_a_buffer_larger_than_the_fleet_still_moves(amqtt_url: 
         result = await asyncio.wait_for(cloud.run(), 120)
     # Each edge trains once per version: K is capped at the joined edges, never waits forever.
     assert [r.version for r in result.records] == [1, 2, 3]
+
+
+async def test_async_resumes_from_its_checkpoint(amqtt_url: str, tmp_path: Path) -> None:
+    def cloud() -> CloudNode:
+        return CloudNode(
+            CloudConfig(broker=amqtt_url, job="async-r", clients=2, rounds=8, local_epochs=1,
+                        mode="async", buffer_size=2, checkpoint=str(tmp_path / "c.npz"),
+                        resume=True)
+        )  # fmt: skip
+
+    edges = [
+        EdgeNode(
+            EdgeConfig(broker=amqtt_url, node_id=f"edge-{i}", job="async-r", compute_flops=2e7)
+        )
+        for i in range(2)
+    ]
+    third = asyncio.Event()
+
+    def on_round(r: RoundRecord) -> None:
+        if r.round >= 3:
+            third.set()
+
+    async with asyncio.TaskGroup() as tg:
+        for e in edges:
+            tg.create_task(e.run())
+        first = tg.create_task(cloud().run(on_round=on_round))
+        await third.wait()
+        first.cancel()  # the cloud goes away mid-run
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        result = await asyncio.wait_for(cloud().run(), 120)
+    assert result.resumed_from >= 3
+    assert [r.version for r in result.records] == list(range(1, 9))  # no step lost or doubled
+    assert result.final_accuracy > 0.3

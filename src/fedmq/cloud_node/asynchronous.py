@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -99,17 +100,20 @@ class AsyncLoop:
         flat: np.ndarray,
         test: Dataset,
         on_round: Callable[[RoundRecord], None] | None,
+        first: int = 0,
+        records: list[RoundRecord] | None = None,
     ) -> tuple[list[RoundRecord], np.ndarray]:
+        """Server steps `first + 1 .. rounds` (a resumed run starts past its checkpoint's)."""
         from fedmq.cloud_node.runtime import RoundRecord
         from fedmq.workloads import evaluate
 
         node, cfg = self.node, self.node.config
-        records: list[RoundRecord] = []
+        records = list(records or [])
         started = time.perf_counter()
-        await node._publish_model(0, round=1)
+        await node._publish_model(self.version, round=self.version + 1)
         await self._publish_task()
         optimizer = getattr(node.strategy, "optimizer", None)
-        for update in range(1, cfg.rounds + 1):
+        for update in range(first + 1, cfg.rounds + 1):
             before, t0 = node.meter.read(), time.perf_counter()
             while not self._full():
                 waiter = asyncio.ensure_future(self.ready.wait())
@@ -147,6 +151,11 @@ class AsyncLoop:
                 elapsed=time.perf_counter() - started,
             )  # fmt: skip
             records.append(record)
+            if cfg.checkpoint:  # after the step: the model moved, the buffer holds what came since
+                node._save(
+                    Path(cfg.checkpoint), update, self.version, flat, None, records,
+                    buffer=self.buffer.state(),
+                )  # fmt: skip
             if on_round is not None:
                 on_round(record)
         return records, flat
@@ -160,6 +169,6 @@ class AsyncLoop:
             job=cfg.job, round=self.version + 1, version=self.version, selected=online,
             deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
             batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, codec=cfg.codec,
-            mode="async", prox_mu=cfg.prox_mu,
+            mode="async", prox_mu=cfg.prox_mu, attempt=node._attempt,
         )  # fmt: skip
         await node._publish(node.topics.task, encode(task), retain=True)

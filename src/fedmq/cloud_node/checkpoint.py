@@ -2,10 +2,10 @@
 
 One `.npz` file (arrays only, loaded with allow_pickle=False: a checkpoint is data, never code):
 the global model, what the edges hold (`view`), the encoded delta not yet published, the server
-optimizer's state, and a JSON document with the counters, the sampling RNG's state, the config
-and the records of finished rounds. Written atomically: a temp file in the same folder, fsync,
-rename over the old one, fsync of the folder, so a crash leaves the old checkpoint or the new
-one, never half of either.
+optimizer's state, in async mode the FedBuff buffer, and a JSON document with the counters, the
+sampling RNG's state, the config and the records of finished rounds. Written atomically: a temp
+file in the same folder, fsync, rename over the old one, fsync of the folder, so a crash leaves
+the old checkpoint or the new one, never half of either.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Checkpoint:
     pending_delta: tuple[bytes, ...]  # payloads of the next delta, not yet published
     meta: dict[str, Any]  # JSON: config, rng state, records, counters
     optimizer: Mapping[str, np.ndarray] = field(default_factory=dict)
+    buffer: Mapping[str, np.ndarray] = field(default_factory=dict)  # async: FedBuff's state
 
 
 def save(path: Path, ckpt: Checkpoint) -> None:
@@ -47,6 +48,8 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     }
     for name, value in ckpt.optimizer.items():
         arrays[f"opt.{name}"] = np.asarray(value)
+    for name, value in ckpt.buffer.items():
+        arrays[f"buf.{name}"] = np.asarray(value)
     head = {"format": FORMAT, "round": ckpt.round, "version": ckpt.version,
             "attempt": ckpt.attempt, "meta": ckpt.meta}  # fmt: skip
     arrays["head"] = np.frombuffer(json.dumps(head).encode(), dtype=np.uint8)
@@ -90,4 +93,5 @@ def load(path: Path) -> Checkpoint:
         pending_delta=pending,
         meta=head["meta"],
         optimizer={k[4:]: v for k, v in arrays.items() if k.startswith("opt.")},
+        buffer={k[4:]: v for k, v in arrays.items() if k.startswith("buf.")},
     )

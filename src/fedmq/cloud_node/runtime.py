@@ -104,7 +104,7 @@ class CloudConfig:
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (not self.resume or bool(self.checkpoint), "resume needs a checkpoint file"),
             (self.mode in ("sync", "async", "chain"), "mode must be sync, async or chain"),
-            (self.mode == "sync" or not self.checkpoint, "checkpoints are for sync mode only"),
+            (self.mode != "chain" or not self.checkpoint, "chained mode keeps no checkpoint"),
             (self.buffer_size >= 1 and self.max_staleness >= 0, "buffer_size >= 1, staleness >= 0"),
         ]
         for ok, message in checks:
@@ -188,6 +188,7 @@ class CloudNode:
         self._attempt = 0
         self._tracker: RoundTracker | None = None
         self._async: AsyncLoop | None = None
+        self._restored_buffer: dict[str, np.ndarray] = {}
         self._chain: ChainLoop | None = None
         self._round_done = asyncio.Event()
         self._presence = asyncio.Event()
@@ -372,7 +373,10 @@ class CloudNode:
             await self.wait_for_edges(cfg.wait_for, cfg.start_timeout)
             if cfg.mode == "async":
                 self._async = AsyncLoop(self, flat.size)
-                records, flat = await self._async.run(flat, test, on_round)
+                self._async.version = version
+                if self._restored_buffer:
+                    self._async.buffer.load_state(self._restored_buffer)
+                records, flat = await self._async.run(flat, test, on_round, first, records)
                 version = self._async.version
             elif self._chain is not None:
                 records, flat = await self._chain.run(flat, test, on_round)
@@ -418,14 +422,15 @@ class CloudNode:
         rnd: int,
         version: int,
         flat: np.ndarray,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None,
         records: list[RoundRecord],
+        buffer: dict[str, np.ndarray] | None = None,
     ) -> None:
         optimizer = getattr(self.strategy, "optimizer", None)
         meta = {
             "identity": self._identity(),
             "config": {k: v for k, v in asdict(self.config).items() if k != "password"},
-            "rng": rng.bit_generator.state,
+            "rng": rng.bit_generator.state if rng is not None else None,
             "records": [asdict(r) for r in records],
             "malformed": self.malformed,
             "stale": self.stale,
@@ -437,6 +442,7 @@ class CloudNode:
                 round=rnd, version=version, attempt=self._attempt, flat=flat, view=self._view,
                 pending_delta=tuple(self._pending_delta), meta=meta,
                 optimizer=optimizer.state() if optimizer is not None else {},
+                buffer=buffer or {},
             ),
         )  # fmt: skip
 
@@ -454,7 +460,9 @@ class CloudNode:
             )
         if ckpt.flat.shape != flat.shape or ckpt.view.shape != flat.shape:
             raise ConfigError(f"checkpoint {path}: model size {ckpt.flat.size} != {flat.size}")
-        rng.bit_generator.state = ckpt.meta["rng"]
+        if ckpt.meta["rng"] is not None:
+            rng.bit_generator.state = ckpt.meta["rng"]
+        self._restored_buffer = dict(ckpt.buffer)
         for r in ckpt.meta["records"]:
             records.append(
                 RoundRecord(**{**r, "selected": tuple(r["selected"]),
