@@ -46,7 +46,9 @@ async def test_async_mode_never_waits_for_the_slow_edge_and_rejects_too_stale_up
     assert counters["accepted"] >= 10
     # The slow edge trained from an old version every time: more than 1 behind, rejected.
     assert counters["too_stale"] >= 1
-    assert all("edge-2" not in r.participants for r in result.records)
+    # At most its first update (from version 0, while the fast edges were warming up) can land
+    # within the bound; every later one is several versions old.
+    assert sum("edge-2" in r.participants for r in result.records) <= 1
     assert edges[2].updates_sent >= 1 and edges[2].dropped_late == 0  # async: never "late"
     assert result.final_accuracy > 0.3
 

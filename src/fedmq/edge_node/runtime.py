@@ -139,6 +139,7 @@ class EdgeNode:
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self._last_round = 0
         self._feedback: ErrorFeedback | None = None
         self._full_wanted = False  # subscribed to the full model topic
@@ -304,6 +305,8 @@ class EdgeNode:
                 self._idle_streak = 0
                 self._wake.clear()
                 await self._step(session)
+            for leftover in self._background:
+                leftover.cancel()
         read = self.meter.read()
         return EdgeReport(
             cfg.node_id, self.rounds_trained, self.updates_sent, read.sent, read.received,
@@ -440,7 +443,11 @@ class EdgeNode:
             and (self._full_wanted)
         ):
             self._full_wanted = False
-            await session.unsubscribe(self.topics.model_all)
+            # Not awaited: the UNSUBACK is a round trip that on a slow link would come out of
+            # this round's time; the UNSUBSCRIBE itself still leaves before our update does.
+            leaving = asyncio.create_task(session.unsubscribe(self.topics.model_all))
+            self._background.add(leaving)
+            leaving.add_done_callback(self._background.discard)
 
     async def _train_and_send(
         self, session: Session, job: JobSpec, task: RoundTask, base: np.ndarray, data: Dataset
