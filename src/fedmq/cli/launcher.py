@@ -12,13 +12,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedmq.broker import BrokerConfig, EmbeddedBroker
-from fedmq.cli.config import FIELDS, RunConfig
+from fedmq.cli.config import RunConfig
 from fedmq.cli.planning import (
+    cloud_config,
     keepalive_for,
     make_strategy,
     plan_estimate,
@@ -27,7 +28,7 @@ from fedmq.cli.planning import (
 )
 from fedmq.cli.plots import write_plots
 from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
-from fedmq.cloud_node import CloudConfig, CloudNode, RoundRecord
+from fedmq.cloud_node import CloudNode, RoundRecord
 from fedmq.edge_node import EdgeConfig, EdgeNode
 from fedmq.tinyml_profiles.shaper import LinkShaper
 from fedmq.transport import parse_broker_url
@@ -45,17 +46,6 @@ class RoundProgress:
     total_down: int
     elapsed: float
     eta: float
-
-
-def cloud_config(cfg: RunConfig, broker: str, **overrides: Any) -> CloudConfig:
-    """The cloud's config: every setting it shares with the run config, plus `overrides`."""
-    shared = {
-        f.name: getattr(cfg, f.name)
-        for f in fields(CloudConfig)
-        if f.name in FIELDS and f.name != "broker"
-    }
-    shared["codec"] = cfg.codec or "fp32+zstd"
-    return CloudConfig(broker=broker, **{**shared, **overrides})
 
 
 async def run_federated(

@@ -181,9 +181,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_cloud(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fedmq.cli.launcher import cloud_config
     from fedmq.cli.output import human_bytes
-    from fedmq.cli.planning import make_strategy
+    from fedmq.cli.planning import cloud_config, make_strategy
     from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json, write_jsonl
     from fedmq.cloud_node import CloudNode, RoundRecord
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedmq.cli.config import RunConfig
+from fedmq.cli.config import FIELDS, RunConfig
 from fedmq.cloud_node import (
+    CloudConfig,
     FedAvg,
     Krum,
     Median,
@@ -136,22 +138,21 @@ def initial_model(setup: Setup) -> torch.nn.Module:
     )
 
 
+def cloud_config(cfg: RunConfig, broker: str, **overrides: Any) -> CloudConfig:
+    """The cloud's config: every setting it shares with the run config, plus `overrides`."""
+    shared = {
+        f.name: getattr(cfg, f.name)
+        for f in fields(CloudConfig)
+        if f.name in FIELDS and f.name != "broker"
+    }
+    shared["codec"] = cfg.codec or DEFAULT_CODEC
+    return CloudConfig(broker=broker, **{**shared, **overrides})
+
+
 def job_spec(setup: Setup, model: torch.nn.Module) -> JobSpec:
-    """The JobSpec the cloud will publish, byte for byte."""
-    cfg = setup.cfg
-    return JobSpec(
-        job=cfg.job,
-        model=cfg.model,
-        dataset=cfg.dataset,
-        partition=cfg.partition,
-        clients=cfg.clients,
-        seed=cfg.seed,
-        codec=setup.task_codec,
-        max_payload=cfg.max_payload,
-        layout=layout(model),
-        drift=cfg.drift,
-        rounds=cfg.rounds,
-    )
+    """The JobSpec the cloud will publish, byte for byte: the cloud's own."""
+    cloud = cloud_config(setup.cfg, "", codec=setup.task_codec)
+    return cloud.job_spec(layout(model))
 
 
 def plan_estimate(setup: Setup, round_timeout: float) -> Estimate:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmq.cloud_node.fedbuff import FedBuffConfig, FedBuffer, Offer
-from fedmq.codec import RoundTask, TensorChunk, assemble, encode
+from fedmq.codec import TensorChunk, assemble, encode
 from fedmq.errors import CodecError
 from fedmq.transport import Deduper, Reassembler
 
@@ -165,10 +165,11 @@ class AsyncLoop:
         online = tuple(node.ready)
         if not online:
             return
-        task = RoundTask(
-            job=cfg.job, round=self.version + 1, version=self.version, selected=online,
-            deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, codec=cfg.codec,
-            mode="async", prox_mu=cfg.prox_mu, attempt=node._attempt,
-        )  # fmt: skip
+        task = cfg.task(
+            round=self.version + 1,
+            version=self.version,
+            selected=online,
+            mode="async",
+            attempt=node._attempt,
+        )
         await node._publish(node.topics.task, encode(task), retain=True)

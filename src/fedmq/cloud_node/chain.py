@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedmq.codec import CodecSpec, RoundTask, TensorChunk, assemble, encode, split_vector
+from fedmq.codec import CodecSpec, TensorChunk, assemble, encode, split_vector
 from fedmq.errors import CodecError
 from fedmq.transport import Reassembler
 
@@ -75,12 +75,10 @@ class ChainLoop:
         for rnd in range(1, cfg.rounds + 1):
             t0, before = time.perf_counter(), node.meter.read()
             order = tuple(node.ready)
-            task = RoundTask(
-                job=cfg.job, round=rnd, version=0, selected=order,
-                deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
-                batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                codec=cfg.downlink_codec, mode="chain", prox_mu=cfg.prox_mu,
-            )  # fmt: skip
+            # Hops carry whole models: in the (dense) downlink codec, not the update codec.
+            task = cfg.task(
+                round=rnd, version=0, selected=order, mode="chain", codec=cfg.downlink_codec
+            )
             await node._publish(node.topics.task, encode(task), retain=True)
             await self._send(flat, order[0], rnd, 0)
             passed: list[str] = []

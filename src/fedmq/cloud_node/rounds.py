@@ -15,7 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedmq.cloud_node.strategy import Aggregator
-from fedmq.codec import BadSignature, Limits, TensorChunk, chunk_values, verify
+from fedmq.codec import BadSignature, Limits, TensorChunk, check, chunk_values
 from fedmq.errors import CodecError
 
 
@@ -94,11 +94,8 @@ class RoundTracker:
         if chunk.sender != topic_sender or chunk.sender not in self.selected:
             return Verdict.UNEXPECTED
         if self.keys is not None:
-            key = self.keys.get(chunk.sender)
-            if key is None:
-                return Verdict.FORGED
             try:
-                verify(chunk, key)
+                check(chunk, self.keys)
             except BadSignature:
                 return Verdict.FORGED
         if chunk.total != self.total or not 0 < chunk.num_samples <= self.max_samples:

@@ -33,10 +33,10 @@ from fedmq.codec import (
     RoundTask,
     Status,
     TensorChunk,
+    check,
     decode,
     encode,
     split_vector,
-    verify,
 )
 from fedmq.errors import CodecError, ConfigError
 from fedmq.security.keys import load_trusted
@@ -127,6 +127,32 @@ class CloudConfig:
     @property
     def wait_for(self) -> int:
         return self.min_clients or self.clients
+
+    def job_spec(self, layout: tuple[tuple[str, tuple[int, ...]], ...]) -> JobSpec:
+        """The job this cloud publishes (the estimator sizes the very same message)."""
+        return JobSpec(
+            job=self.job, model=self.model, dataset=self.dataset, partition=self.partition,
+            clients=self.clients, seed=self.seed, codec=self.codec, max_payload=self.max_payload,
+            layout=layout, drift=self.drift, rounds=self.rounds,
+        )  # fmt: skip
+
+    def task(
+        self,
+        *,
+        round: int,
+        version: int,
+        selected: tuple[str, ...],
+        mode: str = "sync",
+        attempt: int = 0,
+        codec: str = "",
+    ) -> RoundTask:
+        """A task with this run's training settings; `codec` defaults to the uplink codec."""
+        return RoundTask(
+            job=self.job, round=round, version=version, selected=selected,
+            deadline_s=self.round_timeout, local_epochs=self.local_epochs,
+            batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+            codec=codec or self.codec, mode=mode, attempt=attempt, prox_mu=self.prox_mu,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -235,11 +261,8 @@ class CloudNode:
         """
         if self._keys is None:
             return True
-        key = self._keys.get(chunk.sender)
         try:
-            if key is None:
-                raise BadSignature(f"{chunk.sender} has no enrolled key")
-            verify(chunk, key)
+            check(chunk, self._keys)
         except BadSignature as exc:
             self.forged += 1
             if self.forged <= 20 or self.forged % 1000 == 0:
@@ -334,11 +357,7 @@ class CloudNode:
             seed=cfg.seed,
         )
         flat, spec_layout = get_flat(model), layout(model)
-        job = JobSpec(
-            job=cfg.job, model=cfg.model, dataset=cfg.dataset, partition=cfg.partition,
-            clients=cfg.clients, seed=cfg.seed, codec=cfg.codec, max_payload=cfg.max_payload,
-            layout=spec_layout, drift=cfg.drift, rounds=cfg.rounds,
-        )  # fmt: skip
+        job = cfg.job_spec(spec_layout)
         # What every edge holds: the model they train from. Lossy deltas make it differ from
         # the cloud's model; each round's delta is taken against it, so nothing drifts.
         self._view = flat.copy()
@@ -502,12 +521,7 @@ class CloudNode:
         self._round_done.clear()
         self._tracker = tracker
         await self._publish_model(version, round=rnd)
-        task = RoundTask(
-            job=cfg.job, round=rnd, version=version, selected=selected,
-            deadline_s=cfg.round_timeout, local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, codec=cfg.codec,
-            attempt=self._attempt, prox_mu=cfg.prox_mu,
-        )  # fmt: skip
+        task = cfg.task(round=rnd, version=version, selected=selected, attempt=self._attempt)
         await self._publish(self.topics.task, encode(task), retain=True)
         try:
             async with asyncio.timeout(cfg.round_timeout):

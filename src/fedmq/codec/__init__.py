@@ -17,7 +17,7 @@ from fedmq.codec.messages import (
     Status,
     TensorChunk,
 )
-from fedmq.codec.signing import BadSignature, sign, signing_bytes, verify
+from fedmq.codec.signing import BadSignature, check, sign, signing_bytes, verify
 from fedmq.codec.spec import CodecSpec, codec_names
 from fedmq.codec.tensors import decode_values, encode_chunk, encode_values
 
@@ -39,6 +39,7 @@ __all__ = [
     "Status",
     "TensorChunk",
     "assemble",
+    "check",
     "chunk_values",
     "codec_names",
     "decode",

@@ -9,7 +9,7 @@ chunk again is a duplicate, an older one is stale.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -53,3 +53,11 @@ def verify(chunk: TensorChunk, key: Ed25519PublicKey) -> None:
         raise BadSignature(
             f"chunk {chunk.index} of {chunk.sender}: signature does not match its key"
         ) from None
+
+
+def check(chunk: TensorChunk, keys: Mapping[str, Ed25519PublicKey]) -> None:
+    """Verify against the sender's enrolled key; a sender without one is a forgery too."""
+    key = keys.get(chunk.sender)
+    if key is None:
+        raise BadSignature(f"{chunk.sender} has no enrolled key")
+    verify(chunk, key)
