@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from fedmq.cli.launcher import RoundProgress
+if TYPE_CHECKING:  # only a type here: plots import this module, and the launcher imports plots
+    from fedmq.cli.launcher import RoundProgress
 
 
 def human_bytes(n: float) -> str:
@@ -14,6 +15,41 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def step_name(mode: str) -> str:
+    """What one line of rounds.jsonl is in each mode."""
+    return {"async": "server step", "chain": "chain pass"}.get(mode, "round")
+
+
+def link_emulated(summary: dict[str, Any]) -> bool:
+    """Whether any edge's link went through a profile's shaper. Without one, the link-limited
+    bound is only the host's own speed: a figure near zero that nothing should be held to."""
+    return bool(summary.get("fleet")) or any(e.get("profile") for e in summary.get("edges", []))
+
+
+def what_was_sent(summary: dict[str, Any]) -> tuple[str, str]:
+    """(up, down) as the edges' sockets saw them, from the mode and the codecs the run used.
+
+    Chained edges hand the whole trained model on in the full-model codec and no delta goes
+    anywhere; in sync and async mode updates go up, and the model comes down in full once (to
+    an edge that joins or falls behind), then as each step's change against what edges hold."""
+    mode = summary.get("mode", "sync")
+    full = summary.get("downlink_codec", "?")
+    if mode == "chain":
+        return (
+            f"the trained full model in {full}, every hop (to the next edge or the cloud)",
+            f"the full model in {full}, every hop (from the cloud or the edge before)",
+        )
+    codec = str(summary.get("codec", "?"))
+    codec = codec.replace("mixed: ", "each edge's own: ")  # a fleet's profiles choose
+    heads = sum(e.get("train") == "head" for e in summary.get("edges", []))
+    only = f" ({heads} edges: the head only)" if heads and mode == "sync" else ""
+    return (
+        f"updates in {codec}{only}",
+        f"the full model in {full} once per edge (joining or behind), then every "
+        f"{step_name(mode)}'s change in {summary.get('delta_codec', '?')}",
+    )
 
 
 class Progress:
@@ -47,8 +83,8 @@ def summary_table(summary: dict[str, Any], out: str, stream: TextIO = sys.stdout
         ("bytes up (edges)", f"{summary['bytes_up']:,} B ({human_bytes(summary['bytes_up'])})"),
         ("bytes down (edges)",
          f"{summary['bytes_down']:,} B ({human_bytes(summary['bytes_down'])})"),
-        ("codec", f"{summary['codec']} up; down: {summary.get('delta_codec', '?')} deltas, "
-                  f"{summary['downlink_codec']} full model"),
+        ("sent up", what_was_sent(summary)[0]),
+        ("sent down", what_was_sent(summary)[1]),
         ("model", f"{summary['model']} ({summary['num_params']:,} parameters)"),
         ("broker", summary["broker"]),
         ("rejected messages", str(summary["malformed_messages"])),
@@ -80,12 +116,17 @@ def comparison_table(
             f"{human_bytes(naive):>14} ({e_naive:>+6.1f}%)",
             file=stream,
         )
-    if rows:
+    step = step_name(summary.get("mode", "sync"))
+    if rows and not link_emulated(summary):
+        seconds = sorted(r["round_seconds"] for r in rows)
+        print(f"  {step} time: median {seconds[len(seconds) // 2]:.2f} s, max {seconds[-1]:.2f} s "
+              "(no link emulation: no link-limited bound)", file=stream)  # fmt: skip
+    elif rows:
         ratios = [r["round_seconds"] / r["bound_seconds"] for r in rows if r["bound_seconds"] > 0]
         if ratios:
             median = sorted(ratios)[len(ratios) // 2]
             print(
-                f"  round time / link-limited bound: median {median:.2f}, max {max(ratios):.2f}",
+                f"  {step} time / link-limited bound: median {median:.2f}, max {max(ratios):.2f}",
                 file=stream,
             )
     print("", file=stream, flush=True)
