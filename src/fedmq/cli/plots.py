@@ -73,13 +73,15 @@ def bytes_figure(
         # Hollow squares over filled dots: the measured line shows even where the estimate
         # lies right on it (a fleet run, within 0.1%).
         top.plot(x, naive / size, ":", label="naive W x C x R", color="gray")
+        square, dot = (6, 3) if len(x) > 15 else (9, 4)  # thirty big squares merge into a band
         top.plot(x, estimated / size, "s--", label="fedmq estimate", color="tab:orange",
-                 markersize=9, markerfacecolor="none", markeredgewidth=1.5)  # fmt: skip
+                 markersize=square, markerfacecolor="none", markeredgewidth=1.5)  # fmt: skip
         top.plot(x, measured / size, "o-", label="measured (sockets)", color="tab:blue",
-                 lw=2, markersize=4)  # fmt: skip
+                 lw=2, markersize=dot)  # fmt: skip
         if needs_log(measured, estimated, naive):
             top.set_yscale("log")
             top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            top.set_ylim(top=top.get_ylim()[1] * 4)  # headroom: the legend sits above the lines
         top.set_title(
             f"{'uplink (edges -> broker)' if way == 'up' else 'downlink (broker -> edges)'}\n"
             + textwrap.fill(sent[way], 64),
@@ -87,7 +89,7 @@ def bytes_figure(
         )
         top.set_ylabel(f"cumulative {unit}")
         top.grid(alpha=0.3, which="both")
-        top.legend(fontsize=8)
+        top.legend(fontsize=8, loc="upper left")
         error = np.divide(
             100.0 * (estimated - measured), measured, out=np.zeros_like(measured),
             where=measured > 0,
