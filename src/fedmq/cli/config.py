@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -12,6 +14,12 @@ from typing import Any
 
 from fedmq.codec import MIN_PAYLOAD
 from fedmq.errors import ConfigError
+
+# Names cli.planning builds; checked here so a typo fails before torch is imported.
+STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "normclip")
+SERVER_OPTS = ("none", "serversgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+# FEDMQ_* variables that are not run settings.
+OTHER_ENV = ("FEDMQ_PASSWORD",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,21 +62,55 @@ class RunConfig:
     head_only: int = 0  # the last N edges train only the model's head (and send only it)
 
     def __post_init__(self) -> None:
-        if self.clients < 1 or self.rounds < 1:
-            raise ConfigError("clients and rounds must be at least 1")
-        if self.max_payload < MIN_PAYLOAD:
-            raise ConfigError(
-                f"max_payload must be at least {MIN_PAYLOAD} bytes (a chunk's header bound plus "
-                f"one aligned block), got {self.max_payload}"
-            )
-        if self.threads < 1:
-            raise ConfigError("threads must be at least 1")
-        if self.mode not in ("sync", "async", "chain"):
-            raise ConfigError(f"mode must be sync, async or chain, got {self.mode!r}")
-        if not 0 <= self.head_only <= self.clients and not self.fleet:
-            raise ConfigError(f"head_only must be in [0, clients], got {self.head_only}")
-        if self.server_lr < 0 or self.prox_mu < 0 or self.sparse_server_lr <= 0:
-            raise ConfigError("server_lr and prox_mu must be >= 0, sparse_server_lr > 0")
+        for message in self._problems():
+            raise ConfigError(message)
+
+    def _problems(self) -> list[str]:
+        """Every range a setting must lie in, as the flag a user would fix."""
+
+        def outside(ok: bool, flag: str, bounds: str, value: float) -> list[str]:
+            return [] if ok else [f"--{flag} must be {bounds}, got {value:g}"]
+
+        return [
+            *outside(self.clients >= 1, "clients", "at least 1", self.clients),
+            *outside(self.rounds >= 1, "rounds", "at least 1", self.rounds),
+            *outside(self.local_epochs >= 1, "local-epochs", "at least 1", self.local_epochs),
+            *outside(self.batch_size >= 1, "batch-size", "at least 1", self.batch_size),
+            *outside(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0", self.lr),
+            *outside(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum),
+            *outside(0 < self.fraction <= 1, "fraction", "in (0, 1]", self.fraction),
+            *outside(self.min_fit >= 1, "min-fit", "at least 1", self.min_fit),
+            # A fleet sets the clients later; cli.checks holds min_fit to its size.
+            *outside(bool(self.fleet) or self.min_fit <= self.clients, "min-fit",
+                     f"at most --clients ({self.clients})", self.min_fit),
+            *outside(0 < self.quorum <= 1, "quorum", "in (0, 1]", self.quorum),
+            *outside(self.seed >= 0, "seed", ">= 0", self.seed),
+            *outside(0 < self.test_fraction < 1, "test-fraction", "in (0, 1)",
+                     self.test_fraction),
+            *outside(self.round_timeout > 0, "round-timeout", "> 0", self.round_timeout),
+            *outside(self.sample_rounds >= 1, "sample-rounds", "at least 1", self.sample_rounds),
+            *outside(self.buffer_size >= 1, "buffer-size", "at least 1", self.buffer_size),
+            *outside(self.max_staleness >= 0, "max-staleness", ">= 0", self.max_staleness),
+            *(
+                []
+                if self.max_payload >= MIN_PAYLOAD
+                else [f"max_payload must be at least {MIN_PAYLOAD} bytes (a chunk's header "
+                      f"bound plus one aligned block), got {self.max_payload}"]
+            ),
+            *outside(self.threads >= 1, "threads", "at least 1", self.threads),
+            *([] if self.mode in ("sync", "async", "chain")
+              else [f"--mode must be sync, async or chain, got {self.mode!r}"]),
+            *([] if self.fleet or 0 <= self.head_only <= self.clients
+              else [f"--head-only must be in [0, --clients], got {self.head_only}"]),
+            *outside(self.server_lr >= 0, "server-lr", ">= 0", self.server_lr),
+            *outside(self.prox_mu >= 0, "prox-mu", ">= 0", self.prox_mu),
+            *outside(self.sparse_server_lr > 0, "sparse-server-lr", "> 0",
+                     self.sparse_server_lr),
+            *([] if self.strategy in STRATEGIES
+              else [f"--strategy {self.strategy!r}: choose from {', '.join(STRATEGIES)}"]),
+            *([] if self.server_opt in SERVER_OPTS
+              else [f"--server-opt {self.server_opt!r}: choose from {', '.join(SERVER_OPTS)}"]),
+        ]  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +167,20 @@ def from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if key.startswith("FEDMQ_") and key[len("FEDMQ_") :].lower() in FIELDS
     }
     return _checked("environment", values)
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """A warning for each FEDMQ_* variable fedmq does not read, naming the closest real one."""
+    known = [f"FEDMQ_{name.upper()}" for name in FIELDS] + list(OTHER_ENV)
+    warnings = []
+    for key in sorted(env):
+        if key.startswith("FEDMQ_") and key not in known:
+            # Matched without the shared prefix, which would make every name look close.
+            names = {k[len("FEDMQ_") :]: k for k in known}
+            close = difflib.get_close_matches(key[len("FEDMQ_") :], names, n=1, cutoff=0.6)
+            hint = f" (did you mean {names[close[0]]}?)" if close else ""
+            warnings.append(f"{key} is not a fedmq setting; ignored{hint}")
+    return warnings
 
 
 def resolve(

@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from fedmq import __version__
-from fedmq.cli import security, serve
-from fedmq.cli.config import FIELDS, RunConfig, resolve
-from fedmq.errors import FedmqError
+from fedmq.cli import brokerconf, checks, security, serve
+from fedmq.cli.config import FIELDS, RunConfig, resolve, unknown_env
+from fedmq.cli.connect import reach_broker
+from fedmq.errors import ConfigError, FedmqError
 
 log = logging.getLogger("fedmq")
 
@@ -71,6 +73,23 @@ HELP = {
 }
 
 
+# Run settings `fedmq cloud` has no use for: the edges bring their own profiles, threads and
+# head-only training; the estimator's run-ahead is `fedmq run`'s.
+CLOUD_SKIP = ("fleet", "head_only", "threads", "sample_rounds")
+# What `fedmq centralized` reads when it does not run the federated side itself.
+CENTRALIZED_ONLY = ("model", "dataset", "seed", "test_fraction", "rounds", "local_epochs",
+                    "batch_size", "lr", "momentum")  # fmt: skip
+# Commands that write a run directory, so --out must be writable before they start.
+WRITES_OUT = ("run", "cloud", "centralized")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that answers bad input in one line (its own error() prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_run_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
     for name, f in FIELDS.items():
@@ -115,9 +134,31 @@ def _identity(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_connect_flag(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=default,
+        metavar="S",
+        help=f"seconds to wait for the broker at start, reporting every {5:g} s; then exit "
+        f"with code 2 (default {default:g})",
+    )
+
+
 def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The resolved config, every value checked (no torch, no network) before anything starts."""
     flags = {name: getattr(args, name, None) for name in FIELDS}
-    return resolve(args.config, flags)
+    cfg = resolve(args.config, flags)
+    checks.run_config(cfg, writes=args.command in WRITES_OUT)
+    return cfg
+
+
+def _check_identity(args: argparse.Namespace) -> None:
+    for flag in ("tls_ca", "tls_cert", "tls_key"):
+        if getattr(args, flag, None):
+            checks.readable_file("--" + flag.replace("_", "-"), getattr(args, flag))
+    if getattr(args, "connect_timeout", 1.0) <= 0:
+        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
 
 
 def _setup_logging(level: str) -> None:
@@ -137,6 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedmq.cli.output import Progress, summary_table
 
     cfg = _run_config(args)
+    _check_identity(args)
+    if cfg.broker:
+        reach_broker("run", cfg.broker, {}, args.connect_timeout)
     log.info("resolved config: %s", cfg.as_dict())
     progress = Progress(cfg.rounds)
     broker = cfg.broker or "an embedded broker"
@@ -159,6 +203,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from fedmq.broker import BrokerConfig, EmbeddedBroker
     from fedmq.cli.security import broker_security
 
+    checks.port("--port", args.port, zero=True)
+    checks.at_least("--max-packet", args.max_packet, 1024)
+    security.check_broker_files(args)
     config = BrokerConfig(
         host=args.host, port=args.port, max_packet=args.max_packet, **broker_security(args)
     )
@@ -188,7 +235,9 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
     cfg = _run_config(args)
     if not cfg.broker:
-        raise FedmqError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
+        raise ConfigError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
+    _check_cloud(args, cfg)
+    reach_broker("cloud", cfg.broker, _identity(args), args.connect_timeout)
     if args.resume and cfg.out and Path(cfg.out).is_dir():
         out = Path(cfg.out)  # the same run goes on in the same directory
     else:
@@ -202,6 +251,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         strategy=make_strategy(cfg),
     )  # fmt: skip
     started = time.perf_counter()
+    # Only now: the broker answered above, so "waiting" means waiting for edges, not for it.
     print(
         f"fedmq cloud: job {cfg.job} on {cfg.broker}; waiting for "
         f"{args.min_clients or cfg.clients} edges",
@@ -237,17 +287,49 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cloud(args: argparse.Namespace, cfg: RunConfig) -> None:
+    checks.topic_name("--node-id", args.node_id)
+    checks.at_least("--min-clients", args.min_clients, 0)
+    checks.at_least("--start-timeout", args.start_timeout, 1e-3)
+    if args.resume and not args.checkpoint:
+        raise ConfigError("--resume needs --checkpoint FILE")
+    if args.checkpoint:
+        checks.writable_file("--checkpoint", args.checkpoint)
+    if args.trusted_keys and not os.path.isdir(args.trusted_keys):
+        raise ConfigError(f"--trusted-keys {args.trusted_keys}: no such folder")
+    _check_identity(args)
+
+
+def _check_edge(args: argparse.Namespace) -> Any:
+    """The edge's options, and its profile (None without --profile), before torch loads."""
+    from fedmq.tinyml_profiles import get_profile
+
+    checks.broker_url(args.broker)
+    checks.topic_name("--id", args.id)
+    checks.topic_name("--job", args.job)
+    if args.shard is not None:
+        checks.at_least("--shard", args.shard, 0)
+    checks.at_least("--threads", args.threads, 1)
+    if args.codec:
+        checks.codec("--codec", args.codec)
+    if args.sign_key:
+        checks.readable_file("--sign-key", args.sign_key)
+    _check_identity(args)
+    return get_profile(args.profile) if args.profile else None
+
+
 def cmd_edge(args: argparse.Namespace) -> int:
+    profile = _check_edge(args)
+    reach_broker(f"edge {args.id}", args.broker, _identity(args), args.connect_timeout)
+
     import torch
 
     from fedmq.cli.planning import keepalive_for
     from fedmq.edge_node import EdgeConfig, EdgeNode, EdgeReport
-    from fedmq.tinyml_profiles import get_profile
     from fedmq.tinyml_profiles.shaper import LinkShaper
     from fedmq.transport import parse_broker_url
 
     torch.set_num_threads(args.threads)
-    profile = get_profile(args.profile) if args.profile else None
 
     async def serve() -> EdgeReport:
         async with contextlib.AsyncExitStack() as stack:
@@ -283,12 +365,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from fedmq.workloads import TrainConfig, load_dataset, train_centralized
 
     cfg = _run_config(args)
+    summary = _check_centralized(args)
+    from fedmq.workloads import TrainConfig, load_dataset, train_centralized
+
     train, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
     epochs = cfg.rounds * cfg.local_epochs  # the same sample-epochs as the federated run
     tcfg = TrainConfig(
@@ -299,9 +380,8 @@ def cmd_centralized(args: argparse.Namespace) -> int:
           f"accuracy {accuracy:.4f} ({result.seconds:.1f} s)")  # fmt: skip
     if args.no_federated:
         return 0
-    if args.federated:
-        fed = json.loads((Path(args.federated) / "summary.json").read_text())["final_accuracy"]
-        source = args.federated
+    if summary is not None:
+        fed, source = float(summary["final_accuracy"]), args.federated
     else:
         from fedmq.cli.launcher import run_federated
 
@@ -311,6 +391,28 @@ def cmd_centralized(args: argparse.Namespace) -> int:
           f"({cfg.partition}): accuracy {fed:.4f}  [{source}]")  # fmt: skip
     print(f"gap (centralized - federated): {accuracy - fed:+.4f}")
     return 0
+
+
+def _check_centralized(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Refuse run flags nothing reads; the summary of --federated RUN_DIR, if given."""
+    import json
+    from pathlib import Path
+
+    if args.no_federated or args.federated:
+        unused = [n for n in FIELDS if getattr(args, n) is not None and n not in CENTRALIZED_ONLY]
+        if unused:
+            flag = "--" + unused[0].replace("_", "-")
+            without = "--no-federated" if args.no_federated else "--federated"
+            raise ConfigError(f"{flag} is a setting of the federated run, unused with {without}")
+    if not args.federated:
+        return None
+    path = Path(args.federated) / "summary.json"
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text())
+        float(summary["final_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--federated {args.federated}: no finished run there ({exc})") from None
+    return summary
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -346,15 +448,20 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     import json
 
+    import torch
+
     from fedmq.cli.output import human_bytes
-    from fedmq.cli.planning import plan_estimate, prepare, round_timeout_for
+    from fedmq.cli.planning import plan_estimate, prepare, resolve_host_speed, round_timeout_for
 
     setup = prepare(_run_config(args))
-    est = plan_estimate(setup, setup.cfg.round_timeout)
     cfg = setup.cfg
+    torch.set_num_threads(cfg.threads)  # as a run trains: results are bit-identical per count
+    host = resolve_host_speed(setup, given=args.host_speed, recalibrate=args.recalibrate)
+    est = plan_estimate(setup, cfg.round_timeout, host)
     data = {**est.as_dict(), "clients": cfg.clients, "rounds": cfg.rounds, "model": cfg.model,
-            "codecs": setup.codecs, "fleet": cfg.fleet,
-            "round_timeout": round_timeout_for(setup, est)}  # fmt: skip
+            "codecs": setup.codecs, "fleet": cfg.fleet, "mode": cfg.mode,
+            "round_timeout": round_timeout_for(setup, est),
+            "host_speed": host.as_dict()}  # fmt: skip
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
@@ -362,6 +469,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f"estimate: {cfg.clients} edges, {cfg.rounds} rounds, {cfg.model} "
         f"({setup.cost.params:,} params), codecs {', '.join(sorted(set(setup.codecs)))}"
     )
+    print(f"  {host.describe()}")
     print(f"  one update on the wire: "
           f"{', '.join(f'{k} {human_bytes(v)}' for k, v in list(est.update_bytes.items())[:3])}"
           f"{' ...' if len(est.update_bytes) > 3 else ''}; the global model "
@@ -369,11 +477,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     print(f"  {'':>10} {'fedmq estimate':>16} {'naive W x C x R':>16}")
     print(f"  {'up':>10} {human_bytes(est.bytes_up):>16} {human_bytes(est.naive_bytes):>16}")
     print(f"  {'down':>10} {human_bytes(est.bytes_down):>16} {human_bytes(est.naive_bytes):>16}")
-    first = est.rounds[0]
+    first, (up, down, bound) = est.first_round(), est.steady_round()
+    # Round 1 brings every edge the whole model; later rounds bring only its change.
     print(
-        f"  per round: up {human_bytes(first.bytes_up)}, down {human_bytes(first.bytes_down)}; "
+        f"  round 1:      up {human_bytes(first.bytes_up)}, down {human_bytes(first.bytes_down)}; "
         f"time bound {first.bound_seconds:.2f} s (slowest: {first.slowest or 'host'})"
     )
+    if len(est.rounds) > 1:
+        print(
+            f"  rounds 2-{len(est.rounds)}: up {human_bytes(round(up))}, "
+            f"down {human_bytes(round(down))} per round (mean); time bound {bound:.2f} s"
+        )
     print(f"  whole run, link-limited: {est.seconds:.1f} s")
     return 0
 
@@ -383,10 +497,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from fedmq.cli.output import comparison_table
     from fedmq.cli.plots import load_run, write_plots
+    from fedmq.cli.rundir import read_rounds
 
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such folder")
     if not (run_dir / "rounds.jsonl").exists():
-        raise FedmqError(f"{run_dir} is not a run directory (no rounds.jsonl)")
+        raise ConfigError(f"{run_dir} is not a run directory (no rounds.jsonl)")
+    if not (run_dir / "summary.json").exists():
+        return _report_unfinished(run_dir, read_rounds(run_dir / "rounds.jsonl"))
     rows, summary, _ = load_run(run_dir)
     comparison_table(rows, summary)
     for path in write_plots(run_dir):
@@ -394,10 +513,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_unfinished(run_dir: Any, rows: list[dict[str, Any]]) -> int:
+    """An interrupted run has no summary.json: show the rounds it finished, no plots."""
+    from fedmq.cli.output import human_bytes
+
+    if not rows:
+        raise ConfigError(f"{run_dir}: the run was interrupted before its first round finished")
+    print(f"{run_dir}: interrupted run (no summary.json); {len(rows)} rounds finished:")
+    for r in rows:
+        traffic = ""
+        if "bytes_up" in r:
+            traffic = f"  up {human_bytes(r['bytes_up'])}  down {human_bytes(r['bytes_down'])}"
+        elif "cloud_received" in r:
+            traffic = f"  in {human_bytes(r['cloud_received'])}  out {human_bytes(r['cloud_sent'])}"
+        edges = f"  {len(r['participants'])}/{len(r['selected'])} edges" if "selected" in r else ""
+        print(f"  round {r.get('round', '?')}  acc {float(r.get('accuracy', float('nan'))):.4f}"
+              f"{traffic}{edges}")  # fmt: skip
+    print("no plots: they compare against the summary a finished run writes")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedmq.security.keys import generate_keypair
+
+    for device in args.device:
+        checks.topic_name("--device", device)
+    checks.writable_dir("DIR", args.dir)
 
     for device in args.device:
         private, public = generate_keypair(Path(args.dir), device, overwrite=args.force)
@@ -415,19 +558,25 @@ def cmd_codecs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedmq",
         description="Federated learning over MQTT for IoT and edge devices.",
         epilog="Start with `fedmq run`: an embedded broker, a cloud node and 10 edges on one "
         "machine. Settings come from defaults < --config FILE < FEDMQ_* env < flags.",
     )
     parser.add_argument("--version", action="version", version=f"fedmq {__version__}")
-    parser.add_argument("--log-level", default="warning", help="debug|info|warning (default)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="debug|info|warning (default)|error",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="broker + cloud + N edges in one process, real training")
     _add_run_flags(p)
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    _add_connect_flag(p, 10.0)  # it starts everything itself: an external broker is up already
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("broker", help="run the embedded MQTT broker")
@@ -443,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("cloud", help="the cloud node against a running broker")
-    _add_run_flags(p)
+    _add_run_flags(p, skip=CLOUD_SKIP)
     p.add_argument(
         "--min-clients",
         type=int,
@@ -470,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only count updates signed by the <edge>.pub keys in DIR (`fedmq keys`)",
     )
     _add_identity_flags(p)
+    _add_connect_flag(p, 30.0)
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="one edge node against a running broker")
@@ -500,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the whole model, or only its last layer (default: the profile's, else all)",
     )
     _add_identity_flags(p)
+    _add_connect_flag(p, 60.0)
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("keys", help="make Ed25519 signing keys for edges (enrol the .pub files)")
@@ -527,6 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="bytes and time of a run, before running it")
     _add_run_flags(p)
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.add_argument(
+        "--host-speed", type=float, default=None, metavar="FLOP/S",
+        help="this host's training speed; default: measured once per machine and cached",
+    )  # fmt: skip
+    p.add_argument(
+        "--recalibrate", action="store_true", help="measure the host speed again and cache it"
+    )
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("report", help="measured vs estimated table and plots of a run")
@@ -537,25 +695,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_codecs)
     security.add_commands(sub)  # passwd, certs, acl
     serve.add_parser(sub)  # `fedmq serve`
+    brokerconf.add_parser(sub)  # `fedmq broker-config`
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 the command could not start (a bad option, a file it cannot
+    read or write, no broker at --broker within --connect-timeout), one line on stderr;
+    1 it failed after starting (one line; --log-level debug adds the traceback to the log);
+    130 interrupted."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if extra:  # named by the command, whose --help lists what it takes
+        prog = f"fedmq {args.command}"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see {prog} --help)\n")  # fmt: skip
     _setup_logging(args.log_level)
+    for warning in unknown_env(os.environ):
+        print(f"fedmq {args.command}: warning: {warning}", file=sys.stderr)
     try:
         code: Any = args.func(args)
         return int(code)
-    except FedmqError as exc:
-        print(f"fedmq {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fedmq {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:  # sorted below; anything else is re-raised
+        return _exit_code(args.command, exc)
+
+
+def _exit_code(command: str, exc: BaseException) -> int:
+    """One line for what a user can act on; tracebacks only for bugs (and --log-level debug)."""
+    for kind, code in ((FedmqError, 2), (KeyboardInterrupt, 130), (OSError, 1)):
+        found = _find(exc, kind)
+        if found is None:
+            continue
+        if code == 130:
+            print(f"fedmq {command}: interrupted", file=sys.stderr)
+        else:
+            log.debug("%s failed", command, exc_info=exc)
+            text = " ".join(str(found).split()) or type(found).__name__  # one line, always
+            print(f"fedmq {command}: error: {text}", file=sys.stderr)
+        return code
+    raise exc
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself, or the first `kind` in it if it is a (nested) group: a TaskGroup of
+    nodes that all lost the broker raises them together, and one of them says it all."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -78,3 +78,21 @@ def _default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The rows of rounds.jsonl; a last line cut short by a kill is left out, not fatal."""
+    rows: list[dict[str, Any]] = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the write the interruption cut off
+            raise
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -50,6 +50,17 @@ def add_broker_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_broker_files(args: argparse.Namespace) -> None:
+    """The broker's files, before it binds a port: each must be there and readable."""
+    from fedmq.cli import checks
+
+    for flag in ("password_file", "acl_file", "tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, flag, None):
+            checks.readable_file("--" + flag.replace("_", "-"), getattr(args, flag))
+    if (args.tls_key or args.tls_ca) and not args.tls_cert:
+        raise ConfigError("--tls-key and --tls-ca need --tls-cert (the server certificate)")
+
+
 def broker_security(args: argparse.Namespace) -> dict[str, Any]:
     """BrokerConfig keyword arguments from the broker flags; refuses an open broker by default."""
     from fedmq.security import fedmq_acl, load_acl, parse_acl
@@ -75,10 +86,13 @@ def broker_security(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
+    from fedmq.cli import checks
     from fedmq.security.passwords import check_username, set_password
 
     path = Path(args.file)
     check_username(args.user)
+    checks.at_least("--iterations", args.iterations, 1)
+    checks.writable_file("FILE", args.file)
     if args.delete:
         set_password(path, args.user, None)
         print(f"removed {args.user} from {path}")
@@ -104,8 +118,11 @@ def _read_password(user: str, from_stdin: bool) -> str:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    from fedmq.cli import checks
     from fedmq.security.certs import SERVER_HOSTS, make_trial_pki
 
+    checks.at_least("--days", args.days, 1)
+    checks.writable_dir("DIR", args.dir)
     pki = make_trial_pki(args.dir, args.device, hosts=args.host or SERVER_HOSTS, days=args.days)
     for path in pki.written:
         print(f"wrote {path}")

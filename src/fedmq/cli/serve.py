@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import Any
 
 DESCRIPTION = """\
 Follow a job's global model as the cloud publishes it (the retained full model, then each
@@ -39,7 +40,7 @@ examples:
 The password may also come from the FEDMQ_PASSWORD environment variable."""
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "serve",
         help="answer predictions with the latest global model (MQTT, optional HTTP)",
@@ -78,10 +79,47 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="most samples in one request (default 1024)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for inference (default 1)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the broker at start, reporting every 5 s; then exit with "
+        "code 2 (default 30)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
+def check(args: argparse.Namespace) -> None:
+    """Every option, before torch loads or a socket opens."""
+    from fedmq.cli import checks
+    from fedmq.errors import ConfigError
+
+    checks.broker_url(args.broker)
+    checks.topic_name("--job", args.job)
+    checks.topic_name("--id", args.id)
+    checks.at_least("--max-request-bytes", args.max_request_bytes, 1)
+    checks.at_least("--max-rows", args.max_rows, 1)
+    checks.at_least("--threads", args.threads, 1)
+    if args.connect_timeout <= 0:
+        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
+    if args.http:
+        # serve_node.httpd.parse_http_address's rule; importing it would import torch first.
+        host, sep, port = args.http.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                f"--http {args.http!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (port 0: any)"
+            )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from fedmq.cli.connect import reach_broker
+
+    check(args)
+    password = args.password if args.password is not None else os.environ.get("FEDMQ_PASSWORD")
+    reach_broker("serve", args.broker, {"username": args.username, "password": password},
+                 args.connect_timeout)  # fmt: skip
+
     import torch
 
     from fedmq.serve_node import ServeConfig, ServeNode, ServeReport
@@ -94,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node_id=args.id,
         http=args.http,
         username=args.username,
-        password=args.password if args.password is not None else os.environ.get("FEDMQ_PASSWORD"),
+        password=password,
         max_request_bytes=args.max_request_bytes,
         max_rows=args.max_rows,
     )

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -69,6 +71,7 @@ class SessionConfig:
     tls_key: str | None = None  # its private key (PEM); None: inside tls_cert
     keepalive: int = 20  # seconds; the broker declares us dead after 1.5x this
     connect_timeout: float = 30.0  # how long __aenter__ waits for the first connection
+    progress_every: float = 5.0  # seconds between "still no connection" reports meanwhile
     backoff_min: float = 0.2  # first reconnect delay, doubled per failure ...
     backoff_max: float = 10.0  # ... up to this, with +-25% jitter
     publish_timeout: float = 60.0  # one publish, across reconnects
@@ -81,9 +84,16 @@ class Session:
     """`async with Session(cfg, on_message) as s: await s.publish(topic, payload)`."""
 
     def __init__(
-        self, config: SessionConfig, on_message: MessageHandler, meter: ByteMeter | None = None
+        self,
+        config: SessionConfig,
+        on_message: MessageHandler,
+        meter: ByteMeter | None = None,
+        *,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_wait` gets the "still no connection" reports while connecting (default: log)."""
         self.config = config
+        self._on_wait = on_wait
         self.address = parse_broker_url(config.url)
         self._tls = _tls_context(config, self.address.tls)  # hostname checked; no insecure mode
         self.meter = meter or ByteMeter()
@@ -109,26 +119,46 @@ class Session:
         return self._connected.is_set()
 
     async def __aenter__(self) -> Session:
-        self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.config.client_id}")
+        cfg = self.config
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-{cfg.client_id}")
+        log.info("%s: connecting to %s ...", cfg.client_id, cfg.url)
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                while not self._connected.is_set():
-                    if self._task.done():
-                        break
-                    await asyncio.wait(
-                        [self._task, asyncio.ensure_future(self._connected.wait())],
+            async with asyncio.timeout(cfg.connect_timeout):
+                while not self._connected.is_set() and not self._task.done():
+                    connected = asyncio.ensure_future(self._connected.wait())
+                    done, _ = await asyncio.wait(
+                        [self._task, connected],
+                        timeout=cfg.progress_every,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
+                    connected.cancel()
+                    if not done:  # a user waiting in silence cannot tell a slow broker from none
+                        self._report_wait(time.monotonic() - started)
         except TimeoutError:
             await self._stop()
             raise TransportError(
-                f"{self.config.client_id}: no connection to {self.config.url} after "
-                f"{self.config.connect_timeout:.0f} s{_tls_hint(self.config, self.address.tls)}"
+                f"{cfg.client_id}: no connection to {cfg.url} after {cfg.connect_timeout:g} s "
+                f"({self.last_error}){_tls_hint(cfg, self.address.tls)}"
             ) from None
         if not self._connected.is_set():
             await self._stop()
-            raise TransportError(f"{self.config.client_id}: {self._fatal}") from self._fatal
+            raise TransportError(f"{cfg.client_id}: {self._fatal}") from self._fatal
         return self
+
+    @property
+    def last_error(self) -> str:
+        """Why the last connection attempt failed, in a few words ("connection refused")."""
+        return _reason(self._fatal) if self._fatal is not None else "no answer yet"
+
+    def _report_wait(self, elapsed: float) -> None:
+        message = (
+            f"still no connection to {self.config.url} after {elapsed:.0f} s ({self.last_error})"
+        )
+        if self._on_wait is not None:
+            self._on_wait(message)
+        else:
+            log.warning("%s: %s", self.config.client_id, message)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -399,6 +429,17 @@ def _tls_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost OS reason under `exc` ("connection refused"), else its own text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror[0].lower() + seen.strerror[1:]
+        seen = seen.__cause__ or seen.__context__
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc)) or type(exc).__name__
+    return text[0].lower() + text[1:]
 
 
 def _tls_hint(cfg: SessionConfig, tls: bool) -> str:
