@@ -99,8 +99,31 @@ class Estimate:
     def seconds(self) -> float:
         return sum(r.bound_seconds for r in self.rounds)
 
+    def first_round(self) -> RoundEstimate:
+        """Round 1: every edge downloads the whole model (later rounds bring only its change)."""
+        return self.rounds[0]
+
+    def steady_round(self) -> tuple[float, float, float]:
+        """(bytes up, bytes down, bound seconds) of a later round: the mean over rounds 2..R
+        (round 1 alone when there is no other)."""
+        later = self.rounds[1:] or self.rounds[:1]
+        n = len(later)
+        return (
+            sum(r.bytes_up for r in later) / n,
+            sum(r.bytes_down for r in later) / n,
+            sum(r.bound_seconds for r in later) / n,
+        )
+
     def as_dict(self) -> dict[str, Any]:
+        first = self.first_round()
+        up, down, seconds = self.steady_round()
         return {
+            "first_round": {
+                "bytes_up": first.bytes_up,
+                "bytes_down": first.bytes_down,
+                "bound_seconds": first.bound_seconds,
+            },
+            "steady_round": {"bytes_up": up, "bytes_down": down, "bound_seconds": seconds},
             "estimated_bytes_up": self.bytes_up,
             "estimated_bytes_down": self.bytes_down,
             "naive_bytes": self.naive_bytes,
@@ -165,6 +188,7 @@ def estimate(
     changes: Sequence[np.ndarray],
     deltas: Sequence[Mapping[str, np.ndarray]],
     select: Selector,
+    hops: Sequence[Sequence[np.ndarray]] = (),
 ) -> Estimate:
     """Per-round bytes (both directions, all edges) and the link-limited round time bound.
 
@@ -172,10 +196,20 @@ def estimate(
     round 1, `changes[k]` the model change sent in round k+2, `deltas[k]` what each edge
     encodes in round k+1 (e.g. from running the first rounds of the workload in-process);
     rounds past the samples reuse the last. Everything else is the protocol's arithmetic.
-    `select` replays the cloud's seeded client sampling.
+    `select` replays the cloud's seeded client sampling (in async mode: whose updates make
+    each server step). In a chain, `hops[k][i]` is the model handed to position i of pass k+1
+    (the last one goes back to the cloud).
+
+    Async mode (FedBuff) differs from sync in three ways that show on the wire: every task
+    names all online edges (each trains whenever it is free), the cloud publishes one more task
+    than it takes steps (the first, before any step), and when the last step is taken every
+    edge is still training from some version: each sends one more update that no step uses.
     """
-    if not deltas:
+    chain = plan.mode == "chain"
+    if not (deltas or chain):
         raise ValueError("need at least one round of sample updates")
+    if chain and not hops:
+        hops = [[full_model] * (len(plan.edges) + 1)]  # the initial model stands in
     job, topics = plan.job, Topics(plan.job.job)
     metrics = {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
     # Round 1 brings the whole initial model (edges subscribe to it once, then leave); every
@@ -191,9 +225,8 @@ def estimate(
             )
             for e in plan.edges
         }
-        for d in deltas
+        for d in ([] if chain else deltas)
     ]
-    edge_tmpl = edge_tmpls[0]
     by_id = {e.node_id: e for e in plan.edges}
 
     def status(e: EdgePlan, online: bool, samples: int) -> int:
@@ -212,7 +245,6 @@ def estimate(
 
     # Setup: CONNECT (with will), four SUBSCRIBEs, birth, the job, and the status after joining.
     subs = (topics.jobspec, topics.task, topics.delta_all, topics.control)
-    chain = plan.mode == "chain"
     job_pub = mq.publish_size(topics.jobspec, len(encode(job)))
     clear_task = mq.publish_size(topics.task, 0)
     setup_up = setup_down = 0
@@ -240,7 +272,7 @@ def estimate(
     online = sorted(by_id)
     w_fp32 = 4 * job.num_params
     if chain:
-        rounds = _chain_rounds(plan, full_model, online)
+        rounds = _chain_rounds(plan, hops, online)
     for rnd in range(1, 0 if chain else plan.rounds + 1):
         version = rnd - 1
         selected = select(rnd, online)
@@ -248,7 +280,7 @@ def estimate(
             job=job.job,
             round=rnd,
             version=version,
-            selected=selected,
+            selected=tuple(online) if plan.mode == "async" else selected,
             deadline_s=plan.deadline_s,
             local_epochs=plan.local_epochs,
             batch_size=plan.batch_size,
@@ -289,7 +321,11 @@ def estimate(
     # Teardown: the final model change (the last round's result; in a chain the full model, on
     # the model topic they still listen to), the stop, the cleared task and job, the goodbye
     # status and DISCONNECT.
-    final = model_tmpl if chain else change_tmpls[min(plan.rounds, len(change_tmpls)) - 1]
+    if chain:  # the model that came back from the last pass, re-published by the cloud
+        last = hops[min(plan.rounds, len(hops)) - 1][-1]
+        final = _template(last, plan.downlink_codec, job, "cloud", "model", 0, {})
+    else:
+        final = change_tmpls[min(plan.rounds, len(change_tmpls)) - 1]
     final_topic = topics.model if chain else topics.delta
     final_pub = sum(
         mq.publish_size(
@@ -307,29 +343,61 @@ def estimate(
         teardown_down += control + clear_task + mq.publish_size(topics.jobspec, 0) + mq.PUBACK
         teardown_up += mq.PUBACK + mq.publish_size(topics.status(e.node_id), status(e, False, 0))
         teardown_up += mq.DISCONNECT
-    update_bytes = {
-        e.node_id: sum(len(encode(c)) for c in edge_tmpl[e.node_id]) for e in plan.edges
-    }
+    if plan.mode == "async":
+        # The task after the last step (the first one was counted in round 1), and every
+        # edge's update in flight when the last step was taken.
+        in_flight = edge_tmpls[min(plan.rounds, len(edge_tmpls)) - 1]
+        after = RoundTask(
+            job=job.job, round=plan.rounds + 1, version=plan.rounds, selected=tuple(online),
+            deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
+            batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum,
+            codec=plan.task_codec, mode="async", prox_mu=plan.prox_mu,
+        )  # fmt: skip
+        tail_task = mq.publish_size(topics.task, len(encode(after)))
+        for e in plan.edges:
+            rnd, version = plan.rounds + 1, plan.rounds
+            tmpl = in_flight[e.node_id]
+            _, pub = _chunk_sizes(tmpl, topics.update(e.node_id), round=rnd, version=version)
+            teardown_up += pub + mq.PUBACK
+            teardown_down += tail_task + len(tmpl) * mq.PUBACK
+    if chain:  # what each edge hands on in the first pass: a whole model
+        first = dict(zip(online, hops[0][1:], strict=False))
+        update_bytes = {
+            node: sum(len(encode(c)) for c in _template(v, plan.downlink_codec, job, node,
+                                                          "model", 0, {}))
+            for node, v in first.items()
+        }  # fmt: skip
+    else:
+        update_bytes = {
+            e.node_id: sum(len(encode(c)) for c in edge_tmpls[0][e.node_id]) for e in plan.edges
+        }
     model_bytes = sum(len(encode(c)) for c in model_tmpl)
     return Estimate(
         tuple(rounds), setup_up, setup_down, teardown_up, teardown_down, update_bytes, model_bytes
     )
 
 
-def _chain_rounds(plan: Plan, full_model: np.ndarray, order: list[str]) -> list[RoundEstimate]:
+def _chain_rounds(
+    plan: Plan, hops: Sequence[Sequence[np.ndarray]], order: list[str]
+) -> list[RoundEstimate]:
     """Chained passes: each edge gets the model on chain/<edge> and sends its own to the next.
 
-    What an edge sends is a trained full model in the downlink codec; the initial model's
-    compressed size stands in for it. The bound is the sum over the hops: they are serial.
+    What an edge sends is its trained full model in the downlink codec, sized from `hops` (the
+    passes run ahead; later passes reuse the last). The bound is the sum over the hops: they
+    are serial.
     """
     job, topics = plan.job, Topics(plan.job.job)
     by_id = {e.node_id: e for e in plan.edges}
-    tmpl = {
-        sender: _template(full_model, plan.downlink_codec, job, sender, "model", 0, {})
-        for sender in ("cloud", *order)
-    }
+    passes = [
+        {
+            sender: _template(vec, plan.downlink_codec, job, sender, "model", 0, {})
+            for sender, vec in zip(("cloud", *order), hop, strict=False)
+        }
+        for hop in hops
+    ]
     out: list[RoundEstimate] = []
     for rnd in range(1, plan.rounds + 1):
+        tmpl = passes[min(rnd, len(passes)) - 1]
         task = RoundTask(
             job=job.job, round=rnd, version=0, selected=tuple(order),
             deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
