@@ -45,3 +45,93 @@ def test_missing_file_and_bad_values() -> None:
         resolve(flags={"max_payload": 100}, env={})
     with pytest.raises(ConfigError):
         resolve(env={"FEDMQ_CLIENTS": "0"})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"fraction": 2.0}, "--fraction must be in (0, 1], got 2"),
+        ({"fraction": 0.0}, "--fraction must be in (0, 1], got 0"),
+        ({"fraction": -0.5}, "--fraction must be in (0, 1], got -0.5"),
+        ({"min_fit": 0}, "--min-fit must be at least 1, got 0"),
+        ({"min_fit": 50, "clients": 10}, "--min-fit must be at most --clients (10), got 50"),
+        ({"seed": -1}, "--seed must be >= 0, got -1"),
+        ({"strategy": "mean"}, "--strategy 'mean': choose from"),
+        ({"server_opt": "adam"}, "--server-opt 'adam': choose from"),
+        ({"lr": float("nan")}, "--lr must be > 0"),
+        ({"test_fraction": 1.0}, "--test-fraction must be in (0, 1)"),
+    ],
+)
+def test_ranges_are_refused_in_the_flags_words(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(flags=flags, env={})
+    assert str(info.value).startswith(message)
+
+
+def test_names_checked_here_are_the_ones_planning_builds() -> None:
+    from fedmq.cli import config, planning
+
+    assert config.STRATEGIES == planning.STRATEGIES
+    assert config.SERVER_OPTS == planning.SERVER_OPTS
+
+
+SPECS = {
+    "partition": ["iid", "dirichlet", "dirichlet:0.1", "shards", "shards:3", "IID", "iid:1",
+                  "dirichlet:0", "dirichlet:-1", "dirichlet:x", "dirichlet:", "shards:0",
+                  "shards:1.5", "shards:x", "nope", "", "dirichlet:nan"],
+    "staleness": ["constant", "poly", "poly:0.5", "hinge:1:2", "exp:0.5", "hinge", "poly:-1",
+                  "hinge:1", "exp:x", "constant:1", "nope", "", "poly:1:2"],
+    "drift": ["none", "grow", "grow:0.3", "grow:1", "labels", "labels:0.9", "labels:0.5:3",
+              "grow:0", "grow:2", "labels:1", "labels:0.5:0", "labels:0.5:x", "none:1", "x"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+def test_spec_checks_agree_with_the_parsers(kind: str) -> None:
+    """cli.checks refuses a spec exactly when the runtime's parser does (that one needs torch)."""
+    from fedmq.cli import checks
+    from fedmq.cloud_node.staleness import Staleness
+    from fedmq.workloads import PartitionSpec
+    from fedmq.workloads.drift import DriftSpec
+
+    parsers = {"partition": PartitionSpec.parse, "staleness": Staleness.parse,
+               "drift": DriftSpec.parse}  # fmt: skip
+    for spec in SPECS[kind]:
+        try:
+            parsers[kind](spec)
+            parsed = True
+        except ConfigError:
+            parsed = False
+        try:
+            getattr(checks, kind)(spec)
+            checked = True
+        except ConfigError:
+            checked = False
+        assert checked == parsed, (kind, spec, parsed)
+
+
+def test_misspelled_variables_are_named_with_the_closest_setting() -> None:
+    from fedmq.cli.config import unknown_env
+
+    warnings = unknown_env(
+        {"FEDMQ_ROUNDZ": "5", "FEDMQ_PASSWORD": "x", "FEDMQ_ROUNDS": "3", "FEDMQ_QQQQQQQ": "1",
+         "HOME": "/root"}
+    )  # fmt: skip
+    assert warnings == [
+        "FEDMQ_QQQQQQQ is not a fedmq setting; ignored",
+        "FEDMQ_ROUNDZ is not a fedmq setting; ignored (did you mean FEDMQ_ROUNDS?)",
+    ]
+
+
+def test_writable_dir_refuses_files_proc_and_what_lies_under_a_file(tmp_path: Path) -> None:
+    from fedmq.cli.checks import writable_dir, writable_file
+
+    (tmp_path / "f").write_text("x")
+    writable_dir("--out", tmp_path / "new" / "deeper")  # made later, by the run
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == [tmp_path / "f"]
+    for bad, match in ((tmp_path / "f", "is a file"), (tmp_path / "f" / "x", "is a file"),
+                       ("/proc/fedmq-x", "cannot write")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            writable_dir("--out", bad)
+    with pytest.raises(ConfigError, match="is a folder"):
+        writable_file("--checkpoint", str(tmp_path))

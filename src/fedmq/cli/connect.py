@@ -56,4 +56,4 @@ def reach_broker(
     except TransportError as exc:
         # The check's own client id means nothing to the user; the URL and reason do.
         raise TransportError(str(exc).removeprefix(f"{client_id}: ")) from None
-    print(f"fedmq {command}: {url} is up", flush=True)
+    print(f"fedmq {command}: connected to {url}", flush=True)

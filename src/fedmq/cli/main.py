@@ -174,13 +174,14 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedmq.cli.launcher import run_federated
-    from fedmq.cli.output import Progress, summary_table
-
     cfg = _run_config(args)
     _check_identity(args)
     if cfg.broker:
         reach_broker("run", cfg.broker, {}, args.connect_timeout)
+    # torch and the runtimes load only now: a refusal above comes at once.
+    from fedmq.cli.launcher import run_federated
+    from fedmq.cli.output import Progress, summary_table
+
     log.info("resolved config: %s", cfg.as_dict())
     progress = Progress(cfg.rounds)
     broker = cfg.broker or "an embedded broker"
@@ -226,6 +227,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
+    cfg = _run_config(args)
+    if not cfg.broker:
+        raise ConfigError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
+    _check_cloud(args, cfg)
+    reach_broker("cloud", cfg.broker, _identity(args), args.connect_timeout)
     from pathlib import Path
 
     from fedmq.cli.output import human_bytes
@@ -233,11 +239,6 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json, write_jsonl
     from fedmq.cloud_node import CloudNode, RoundRecord
 
-    cfg = _run_config(args)
-    if not cfg.broker:
-        raise ConfigError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
-    _check_cloud(args, cfg)
-    reach_broker("cloud", cfg.broker, _identity(args), args.connect_timeout)
     if args.resume and cfg.out and Path(cfg.out).is_dir():
         out = Path(cfg.out)  # the same run goes on in the same directory
     else:

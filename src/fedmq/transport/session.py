@@ -152,9 +152,8 @@ class Session:
         return _reason(self._fatal) if self._fatal is not None else "no answer yet"
 
     def _report_wait(self, elapsed: float) -> None:
-        message = (
-            f"still no connection to {self.config.url} after {elapsed:.0f} s ({self.last_error})"
-        )
+        seconds = f"{elapsed:.0f}" if elapsed >= 10 else f"{elapsed:.1f}"
+        message = f"still no connection to {self.config.url} after {seconds} s ({self.last_error})"
         if self._on_wait is not None:
             self._on_wait(message)
         else:

@@ -1,0 +1,133 @@
+"""Connecting to a broker that is not there: progress at once, the reason, then one line.
+
+A refused loopback port stands for the broker that is down; the embedded one for the broker
+that is up, to check that the cloud says "waiting for edges" only once it is connected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fedmq.errors import TransportError
+from fedmq.transport import Session, SessionConfig
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+FEDMQ = [sys.executable, "-m", "fedmq.cli.main"]
+
+
+def refused_url() -> str:
+    return f"mqtt://127.0.0.1:{free_port()}"  # bound and released: nothing listens
+
+
+async def test_the_session_reports_while_it_waits_and_fails_in_one_line() -> None:
+    url = refused_url()
+    reports: list[tuple[float, str]] = []
+    cfg = SessionConfig(url, "t-refused", connect_timeout=1.6, progress_every=0.5)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        async with Session(cfg, lambda t, p: None, on_wait=lambda m: reports.append(
+            (time.monotonic() - started, m))):  # fmt: skip
+            pass
+    elapsed = time.monotonic() - started
+    assert reports, "no progress while the broker refused"
+    first_at, first = reports[0]
+    assert first_at < 1.0
+    assert first == f"still no connection to {url} after 0.5 s (connection refused)"
+    assert len(reports) == 3  # at 0.5, 1.0 and 1.5 s, then the limit
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == f"t-refused: no connection to {url} after 1.6 s (connection refused)"
+    assert 1.5 < elapsed < 3.0
+
+
+async def test_without_a_listener_the_session_logs_its_progress(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = refused_url()
+    cfg = SessionConfig(url, "t-logged", connect_timeout=0.8, progress_every=0.3)
+    with (
+        caplog.at_level(logging.INFO, logger="fedmq.transport.session"),
+        pytest.raises(TransportError),
+    ):
+        async with Session(cfg, lambda t, p: None):
+            pass
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == f"t-logged: connecting to {url} ..."
+    assert f"t-logged: still no connection to {url} after 0.3 s (connection refused)" in messages
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def _read_lines(proc: subprocess.Popen[str], lines: list[tuple[float, str]], t0: float) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append((time.monotonic() - t0, line.rstrip("\n")))
+
+
+def test_an_edge_says_where_it_connects_at_once_then_why_it_cannot() -> None:
+    url = refused_url()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMQ_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*FEDMQ, "edge", "--broker", url, "--id", "edge-0", "--connect-timeout", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=_read_lines, args=(proc, lines, t0), daemon=True)
+    reader.start()
+    _, err = proc.communicate(timeout=60)
+    reader.join(5)
+    assert proc.returncode == 2
+    assert (
+        err.strip() == f"fedmq edge: error: no connection to {url} after 6 s (connection refused)"
+    )
+    texts = [text for _, text in lines]
+    assert texts[0] == f"fedmq edge edge-0: connecting to {url} ..."
+    assert f"fedmq edge edge-0: still no connection to {url} after 5.0 s (connection refused)" in (
+        texts
+    )
+    # "connecting" comes with the start, seconds before the first report and the error.
+    still_at = next(at for at, text in lines if "still no connection" in text)
+    assert still_at - lines[0][0] > 4.0
+
+
+def test_the_cloud_waits_for_edges_only_once_connected(amqtt_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMQ_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    down = subprocess.run(
+        [*FEDMQ, "cloud", "--broker", refused_url(), "--connect-timeout", "0.5",
+         "--out", str(tmp_path / "down")],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert down.returncode == 2 and "waiting for" not in down.stdout
+    assert "connection refused" in down.stderr and len(down.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "down").exists()  # nothing started
+
+    up = subprocess.Popen(
+        [*FEDMQ, "cloud", "--broker", amqtt_url, "--clients", "2", "--start-timeout", "60",
+         "--out", str(tmp_path / "up")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        seen = []
+        for line in up.stdout:
+            seen.append(line.strip())
+            if "waiting for" in line:
+                break
+        assert seen[0] == f"fedmq cloud: connecting to {amqtt_url} ..."
+        assert seen[1] == f"fedmq cloud: connected to {amqtt_url}"
+        assert "waiting for 2 edges" in seen[-1]
+    finally:
+        up.terminate()
+        up.wait(10)
