@@ -29,39 +29,49 @@ class Proc:
             text=True,
             env=ENV,
         )
-        self.lines: queue.Queue[str] = queue.Queue()
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.seen: list[str] = []
+        self.times: list[float] = []  # when each line of `seen` was read (time.monotonic)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.p.stdout is not None
         for line in self.p.stdout:
-            self.lines.put(line)
+            self.lines.put((time.monotonic(), line))
 
-    def wait_for(self, text: str, timeout: float = 120) -> None:
+    def wait_for(self, text: str, timeout: float = 120) -> float:
+        """Wait for a line containing `text`; return when it was printed (time.monotonic)."""
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.seen):
+        while True:
+            for at, line in zip(self.times, self.seen, strict=True):
+                if text in line:
+                    return at
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"{text!r} not seen; output: {''.join(self.seen)[-2000:]}")
             try:
-                self.seen.append(self.lines.get(timeout=min(left, 1)))
+                at, line = self.lines.get(timeout=min(left, 1))
             except queue.Empty:
                 continue
+            self.times.append(at)
+            self.seen.append(line)
 
     def finish(self, timeout: float = 180) -> int:
         code = self.p.wait(timeout)
+        time.sleep(0.05)  # the pump thread's last lines
         while not self.lines.empty():
-            self.seen.append(self.lines.get())
+            at, line = self.lines.get()
+            self.times.append(at)
+            self.seen.append(line)
         return code
 
-    def kill(self) -> None:
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.p.poll() is None:
-            self.p.send_signal(signal.SIGKILL)
+            self.p.send_signal(sig)
             self.p.wait(10)
 
 
-def _cloud(url: str, out: Path, rounds: int, *extra: str) -> Proc:
+def _cloud(url: str, out: Path, rounds: int, *extra: str, round_timeout: float = 8) -> Proc:
     return Proc(
         "--log-level",
         "info",
@@ -76,7 +86,7 @@ def _cloud(url: str, out: Path, rounds: int, *extra: str) -> Proc:
         "--local-epochs",
         "1",
         "--round-timeout",
-        "8",
+        str(round_timeout),
         "--job",
         "faults",
         "--codec",
@@ -130,7 +140,14 @@ class Deployment:
     """A broker, a cloud and three slow edges as separate processes; all killed at the end."""
 
     def __init__(
-        self, tmp_path: Path, slow: Path, rounds: int, broker: str, *cloud_args: str
+        self,
+        tmp_path: Path,
+        slow: Path,
+        rounds: int,
+        broker: str,
+        *cloud_args: str,
+        round_timeout: float = 8,
+        profiles: dict[int, Path] | None = None,
     ) -> None:
         self.tmp_path = tmp_path
         self.kind = broker
@@ -140,8 +157,9 @@ class Deployment:
         self.procs: list[Proc] = []
         self.broker = self.start_broker()
         self.cloud_args = cloud_args
+        self.round_timeout = round_timeout
         self.cloud = self.start_cloud(rounds)
-        self.edges = [self.start_edge(i) for i in range(3)]
+        self.edges = [self.start_edge(i, (profiles or {}).get(i, slow)) for i in range(3)]
 
     def start(self, *args: str, argv: list[str] | None = None) -> Proc:
         proc = Proc(*args, argv=argv)
@@ -157,12 +175,15 @@ class Deployment:
         return broker
 
     def start_cloud(self, rounds: int) -> Proc:
-        proc = _cloud(self.url, self.tmp_path / "cloud", rounds, *self.cloud_args)
+        proc = _cloud(
+            self.url, self.tmp_path / "cloud", rounds, *self.cloud_args,
+            round_timeout=self.round_timeout,
+        )  # fmt: skip
         self.procs.append(proc)
         return proc
 
-    def start_edge(self, i: int) -> Proc:
-        proc = _edge(self.url, i, self.slow)
+    def start_edge(self, i: int, profile: Path | None = None) -> Proc:
+        proc = _edge(self.url, i, profile or self.slow)
         self.procs.append(proc)
         return proc
 
@@ -195,6 +216,41 @@ def test_an_edge_killed_mid_run_is_survived_and_catches_up(
         assert back, "the restarted edge never delivered an update"
         # It trained from the current model: the cloud accepted its update for that version.
         assert "trained" in "".join(late.seen)
+    finally:
+        d.kill_all()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_lost_edge_closes_its_round_at_once_not_at_the_deadline(
+    tmp_path: Path, slow: Path, broker: str, sig: signal.Signals
+) -> None:
+    """Presence (the will, or the goodbye) ends the wait for an edge that left: the round closes
+    within seconds of the kill, not at its 60 s deadline, and names the edge; the edge, back,
+    takes part again."""
+    slower = tmp_path / "slower.toml"
+    slower.write_text(SLOW.replace("flops = 4e6", "flops = 2e6"))
+    rounds = 8
+    d = Deployment(tmp_path, slow, rounds, broker, round_timeout=60, profiles={2: slower})
+    try:
+        # Round 1 in progress, edges 0 and 1 in, the slower edge-2 still training: kill it.
+        d.cloud.wait_for("round 1: update of edge-", timeout=150)
+        d.cloud.wait_for("(2 of 3)", timeout=30)
+        killed = time.monotonic()
+        d.edges[2].kill(sig)
+        left = d.cloud.wait_for("edge-2 went offline", timeout=10)
+        closed = d.cloud.wait_for(f"round 1/{rounds}", timeout=10)
+        print(f"\n{broker} {sig.name}: will seen {left - killed:.2f} s after the kill, "
+              f"round closed {closed - killed:.2f} s after it (deadline 60 s)")  # fmt: skip
+        assert closed - killed <= 3.0
+        if sig == signal.SIGKILL:  # the rejoin is the same after either: checked once
+            d.start_edge(2)  # back, at the speed of the others
+        assert d.cloud.finish(120) == 0, "".join(d.cloud.seen)[-2000:]
+        rows = d.rows()
+        assert rows[0]["departed"] == ["edge-2"] and rows[0]["quorum_met"]
+        assert "edge-2" not in rows[0]["participants"]
+        back = any("edge-2" in r["participants"] for r in rows[1:])
+        assert back == (sig == signal.SIGKILL), rows
     finally:
         d.kill_all()
 

@@ -4,8 +4,9 @@ Each pass (a "round") the cloud names an order of the joined edges in a task and
 to the first one on `chain/<edge>`. Every edge trains what it receives on its own data and
 publishes the result to the next edge's `chain/` topic (the last one to `chain/<cloud>`). The
 cloud subscribes to `chain/+`, so it sees each hop as it passes and evaluates it. An edge that
-does not pass the model on within `round_timeout` (dead, or cut off) is skipped: the cloud
-sends the model it last saw to the edge after it, and the chain goes on.
+does not pass the model on within `round_timeout` (cut off) is skipped, and one that presence
+reports gone (its will or goodbye) is skipped at once: the cloud sends the model it last saw to
+the edge after it, and the chain goes on.
 
 Hop k of a pass is the model on its way to position k of the order: chunks carry the pass as
 `round` and k as `version`; an edge's output carries its input's k + 1.
@@ -41,6 +42,11 @@ class ChainLoop:
         self.reassembler = Reassembler(max_bytes=cfg.max_reassembly_bytes, timeout_s=300.0)
         self.hops: asyncio.Queue[Hop] = asyncio.Queue()
         self.skipped = 0
+        self._presence = asyncio.Event()
+
+    def presence_changed(self) -> None:
+        """An edge came or went: a hop waiting for an edge that left stops waiting."""
+        self._presence.set()
 
     def offer(self, chunk: TensorChunk) -> None:
         """A decoded chunk seen on any `chain/` topic (on the MQTT reader)."""
@@ -84,12 +90,15 @@ class ChainLoop:
             passed: list[str] = []
             hop_metrics: dict[str, dict[str, float]] = {}
             for k, edge in enumerate(order):
+                hop_began = time.perf_counter()
                 out = await self._wait_for(edge, rnd, k + 1, cfg.round_timeout)
                 if out is None:
                     self.skipped += 1
+                    gone = edge not in node.online
                     log.warning(
-                        "chain pass %d: %s did not pass the model on in %.0f s; skipped",
-                        rnd, edge, cfg.round_timeout,
+                        "chain pass %d: %s %s after %.2f s; skipped", rnd, edge,
+                        "went offline" if gone else "did not pass the model on",
+                        time.perf_counter() - hop_began,
                     )  # fmt: skip
                     if k + 1 < len(order):
                         await self._send(flat, order[k + 1], rnd, k + 1)
@@ -120,13 +129,26 @@ class ChainLoop:
     async def _wait_for(
         self, edge: str, rnd: int, position: int, timeout: float
     ) -> np.ndarray | None:
-        """The model `edge` passes on in pass `rnd`, or None when it does not come in time."""
+        """The model `edge` passes on in pass `rnd`, or None when it does not come in time or
+        presence says the edge is gone (its will or goodbye: nothing more will come from it)."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    sender, r, k, flat = await self.hops.get()
-                    if (sender, r, k) == (edge, rnd, position):
-                        return flat
+                    if edge not in self.node.online and self.hops.empty():
+                        return None
+                    self._presence.clear()
+                    get = asyncio.ensure_future(self.hops.get())
+                    gone = asyncio.ensure_future(self._presence.wait())
+                    try:
+                        await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        gone.cancel()
+                        if not get.done():
+                            get.cancel()
+                    if get.done() and not get.cancelled():
+                        sender, r, k, flat = get.result()
+                        if (sender, r, k) == (edge, rnd, position):
+                            return flat
         except TimeoutError:
             return None
 

@@ -80,6 +80,9 @@ class RoundTracker:
         self.max_abs = max_abs
         self.counters = RoundCounters()
         self._progress: dict[str, _ClientProgress] = {}
+        # Selected edges that presence says are gone (a will or a goodbye): the round stops
+        # waiting for them. Chunks they sent before leaving still count.
+        self.departed: set[str] = set()
 
     def offer(self, chunk: TensorChunk, topic_sender: str) -> Verdict:
         verdict = self._judge(chunk, topic_sender)
@@ -127,9 +130,21 @@ class RoundTracker:
     def completed(self) -> tuple[str, ...]:
         return tuple(sorted(c for c, p in self._progress.items() if len(p.chunks) == p.count))
 
+    def depart(self, client: str) -> bool:
+        """`client` went offline: stop waiting for it. True if the round was waiting for it."""
+        if client not in self.selected or client in self.completed or client in self.departed:
+            return False
+        self.departed.add(client)
+        return True
+
+    @property
+    def outstanding(self) -> tuple[str, ...]:
+        """Selected edges the round still waits for: neither complete nor gone."""
+        return tuple(sorted(self.selected - set(self.completed) - self.departed))
+
     @property
     def done(self) -> bool:
-        return len(self.completed) == len(self.selected)
+        return not self.outstanding
 
     @property
     def num_samples(self) -> int:

@@ -172,6 +172,7 @@ class RoundRecord:
     cloud_received: int
     client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     elapsed: float = 0.0  # seconds since the first round began (async: accuracy over time)
+    departed: tuple[str, ...] = ()  # selected edges that went offline before they delivered
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ class CloudNode:
         self._restored_buffer: dict[str, np.ndarray] = {}
         self._chain: ChainLoop | None = None
         self._round_done = asyncio.Event()
+        self._round_started = 0.0
         self._presence = asyncio.Event()
         self._session: Session | None = None
 
@@ -284,9 +286,26 @@ class CloudNode:
             self.online[node] = status
         elif self.online.pop(node, None) is not None:
             log.info("edge %s offline", node)
+            self._departed(node)
         self._presence.set()
         if self._async is not None:
             self._async.presence_changed.set()
+        if self._chain is not None:
+            self._chain.presence_changed()
+
+    def _departed(self, node: str) -> None:
+        """An edge went offline (its will or its goodbye): a round must not wait for it."""
+        tracker = self._tracker
+        if tracker is None or not tracker.depart(node):
+            return
+        log.warning(
+            "round %d: %s went offline %.2f s into the round; not waiting for it "
+            "(%d of %d updates in, %d outstanding)",
+            tracker.round, node, time.perf_counter() - self._round_started,
+            len(tracker.completed), len(tracker.selected), len(tracker.outstanding),
+        )  # fmt: skip
+        if tracker.done:
+            self._round_done.set()
 
     def _on_update(self, node: str, payload: bytes) -> None:
         try:
@@ -485,7 +504,8 @@ class CloudNode:
         for r in ckpt.meta["records"]:
             records.append(
                 RoundRecord(**{**r, "selected": tuple(r["selected"]),
-                               "participants": tuple(r["participants"])})
+                               "participants": tuple(r["participants"]),
+                               "departed": tuple(r.get("departed", ()))})
             )  # fmt: skip
         optimizer = getattr(self.strategy, "optimizer", None)
         if optimizer is not None and ckpt.optimizer:
@@ -520,16 +540,19 @@ class CloudNode:
         )  # fmt: skip
         self._round_done.clear()
         self._tracker = tracker
+        self._round_started = started
         await self._publish_model(version, round=rnd)
         task = cfg.task(round=rnd, version=version, selected=selected, attempt=self._attempt)
         await self._publish(self.topics.task, encode(task), retain=True)
         try:
             async with asyncio.timeout(cfg.round_timeout):
-                await self._round_done.wait()
+                if not tracker.done:
+                    await self._round_done.wait()
         except TimeoutError:
             log.warning(
-                "round %d: deadline after %.0f s with %d of %d updates",
+                "round %d: deadline after %.0f s with %d of %d updates (missing: %s)",
                 rnd, cfg.round_timeout, len(tracker.completed), len(selected),
+                ", ".join(tracker.outstanding),
             )  # fmt: skip
         self._tracker = None
         participants = tracker.completed
@@ -558,7 +581,7 @@ class CloudNode:
             round_seconds=round_seconds,
             quorum_met=quorum_met, counters=tracker.counters.as_dict(),
             cloud_sent=after.sent - before.sent, cloud_received=after.received - before.received,
-            client_metrics=tracker.client_metrics(),
+            client_metrics=tracker.client_metrics(), departed=tuple(sorted(tracker.departed)),
         )  # fmt: skip
         return record, flat, version
 
