@@ -87,6 +87,8 @@ def render(args: argparse.Namespace) -> str:
         "per_listener_settings false",
         f"allow_anonymous {'true' if args.allow_anonymous else 'false'}",
     ]
+    if files:
+        lines.append("# Started as root, Mosquitto reads these files as the user mosquitto.")
     if "password_file" in files:
         lines += [f"password_file {files['password_file']}", f"acl_file {files['acl_file']}"]
     elif "acl_file" in files:
