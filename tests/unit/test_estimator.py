@@ -1,6 +1,10 @@
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from fedmq.cli.hostspeed import host_speed
 from fedmq.codec import CodecSpec, JobSpec, RoundTask, encode, split_vector
 from fedmq.tinyml_profiles import LinkProfile, Profile
 from fedmq.tinyml_profiles import mqtt_sizes as mq
@@ -49,7 +53,7 @@ def everyone(rnd: int, online: object) -> tuple[str, ...]:
     return tuple(sorted(online))  # type: ignore[call-overload]
 
 
-def _model_and_task(rnd: int, selected: tuple[str, ...], model: np.ndarray) -> int:
+def _model_and_task(rnd: int, selected: tuple[str, ...], model: np.ndarray) -> tuple[int, int]:
     task = RoundTask(
         job="j",
         round=rnd,
@@ -157,3 +161,96 @@ def test_sampling_is_replayed() -> None:
     )
     assert [r.selected for r in est.rounds] == picks
     assert all(r.naive_bytes == 2 * 4000 for r in est.rounds)
+
+
+def _plan(edges: tuple[EdgePlan, ...], rounds: int, mode: str) -> Plan:
+    return dataclasses.replace(plan(edges, rounds=rounds), mode=mode)
+
+
+def test_async_counts_every_task_and_the_updates_in_flight_at_the_end() -> None:
+    """FedBuff: one task more than steps, each naming every online edge, and one update per
+    edge after the last step; the steps themselves take K updates each."""
+    edges = tuple(EdgePlan(f"e{i}", 10, "fp32") for i in range(3))
+    model = np.zeros(1000, dtype=np.float32)
+    kwargs = dict(full_model=model, changes=[model], deltas=[{e.node_id: model for e in edges}])
+
+    def one(rnd: int, online: object) -> tuple[str, ...]:
+        return (sorted(online)[(rnd - 1) % 3],)  # type: ignore[call-overload]
+
+    sync = estimate(_plan(edges, 2, "sync"), select=one, **kwargs)  # type: ignore[arg-type]
+    fedbuff = estimate(_plan(edges, 2, "async"), select=one, **kwargs)  # type: ignore[arg-type]
+    pub, chunks = _update("e0", 10, 3, model)
+    # Updates in flight: one per edge (with the ack each gets back), and the last task.
+    task = RoundTask(job="j", round=3, version=2, selected=("e0", "e1", "e2"), deadline_s=60,
+                     local_epochs=1, batch_size=8, lr=0.1, momentum=0.0, codec="fp32",
+                     mode="async")  # fmt: skip
+    task_pub = mq.publish_size("fedmq/j/task", len(encode(task)))
+    assert fedbuff.teardown_up - sync.teardown_up == 3 * (pub + mq.PUBACK)
+    assert fedbuff.teardown_down - sync.teardown_down == 3 * (task_pub + chunks * mq.PUBACK)
+    # Every async task lists all three edges; a sync task only the one selected.
+    named = len(encode(dataclasses.replace(task, round=1, version=0)))
+    alone = len(encode(dataclasses.replace(task, round=1, version=0, selected=("e0",),
+                                           mode="sync")))  # fmt: skip
+    assert fedbuff.rounds[0].bytes_down - sync.rounds[0].bytes_down == 3 * (
+        mq.publish_size("fedmq/j/task", named) - mq.publish_size("fedmq/j/task", alone)
+    )
+
+
+def test_chain_hops_are_sized_from_the_passes_run_ahead() -> None:
+    """A trained model compresses worse than the initial one: each hop is sized from the model
+    actually handed on in that pass, and the last pass stands in for later ones."""
+    edges = (EdgePlan("e0", 10, "fp32+zstd"), EdgePlan("e1", 10, "fp32+zstd"))
+    zeros = np.zeros(1000, dtype=np.float32)
+    noise = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    p = dataclasses.replace(_plan(edges, 3, "chain"), downlink_codec="fp32+zstd")
+    flat = estimate(p, full_model=zeros, changes=[], deltas=[], select=everyone)
+    trained = estimate(
+        p, full_model=zeros, changes=[], deltas=[], select=everyone,
+        hops=[[zeros, zeros, zeros], [zeros, noise, noise]],
+    )  # fmt: skip
+    assert trained.rounds[0].bytes_up == flat.rounds[0].bytes_up  # pass 1: all zeros
+    assert trained.rounds[1].bytes_up > flat.rounds[1].bytes_up + 2000  # pass 2: noise
+    assert trained.rounds[2].bytes_up == trained.rounds[1].bytes_up  # pass 3 reuses pass 2
+    assert trained.teardown_down > flat.teardown_down  # the final model, re-published
+
+
+def test_first_round_and_steady_state_are_apart() -> None:
+    edges = (EdgePlan("e0", 10, "fp32"), EdgePlan("e1", 20, "fp32"))
+    model = np.zeros(1000, dtype=np.float32)
+    small = np.zeros(10, dtype=np.float32)
+    est = estimate(
+        dataclasses.replace(plan(edges, rounds=3), delta_codec="fp32+zstd"),
+        full_model=model, changes=[model], deltas=[{e.node_id: small for e in edges}],
+        select=everyone,
+    )  # fmt: skip
+    _, down, _ = est.steady_round()
+    assert est.first_round().bytes_down > 2 * down  # the whole model vs its (zero) change
+    assert down == (est.rounds[1].bytes_down + est.rounds[2].bytes_down) / 2
+    assert est.as_dict()["steady_round"]["bytes_down"] == down
+    assert est.as_dict()["first_round"]["bytes_up"] == est.rounds[0].bytes_up
+
+
+def test_host_speed_is_measured_once_and_read_back(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def measure() -> float:
+        calls.append(1)
+        return 2.5e9
+
+    first = host_speed("mlp", (64,), 32, measure, directory=tmp_path)
+    again = host_speed("mlp", (64,), 32, measure, directory=tmp_path)
+    assert calls == [1] and first == again and first.flops == 2.5e9
+    assert first.describe() == again.describe() and str(tmp_path) in first.describe()
+    host_speed("cnn", (1, 8, 8), 32, measure, directory=tmp_path)  # another workload: a miss
+    assert len(calls) == 2
+    host_speed("mlp", (64,), 32, measure, directory=tmp_path, recalibrate=True)
+    assert len(calls) == 3
+
+
+def test_given_host_speed_never_measures(tmp_path: Path) -> None:
+    def measure() -> float:
+        raise AssertionError("calibrated although the figure was given")
+
+    speed = host_speed("mlp", (64,), 32, measure, given=1e9, directory=tmp_path)
+    assert speed.flops == 1e9 and speed.source == "flag"
+    assert not any(tmp_path.iterdir())
