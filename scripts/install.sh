@@ -16,3 +16,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
   touch "$stamp"
 fi
+# The venv is not on PATH: say how to call fedmq, unless this shell already finds it there.
+if [ "$(command -v fedmq || true)" != "$PWD/.venv/bin/fedmq" ]; then
+  echo "==> fedmq is installed as .venv/bin/fedmq; to call it as plain \`fedmq\` in this shell:" >&2
+  echo "    export PATH=\"$PWD/.venv/bin:\$PATH\"" >&2
+fi
