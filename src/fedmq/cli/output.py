@@ -22,6 +22,14 @@ def step_name(mode: str) -> str:
     return {"async": "server step", "chain": "chain pass"}.get(mode, "round")
 
 
+def departed_note(departed: tuple[str, ...] | list[str]) -> str:
+    """`  (left: edge-2, edge-7)` for a progress line: edges that went offline mid-round."""
+    if not departed:
+        return ""
+    shown = ", ".join(departed[:5]) + (f" +{len(departed) - 5} more" if len(departed) > 5 else "")
+    return f"  (left: {shown})"
+
+
 def link_emulated(summary: dict[str, Any]) -> bool:
     """Whether any edge's link went through a profile's shaper. Without one, the link-limited
     bound is only the host's own speed: a figure near zero that nothing should be held to."""
@@ -53,10 +61,11 @@ def what_was_sent(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 class Progress:
-    def __init__(self, rounds: int, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, rounds: int, stream: TextIO = sys.stdout, *, mode: str = "sync") -> None:
         self.rounds = rounds
         self.stream = stream
         self.width = len(str(rounds))
+        self.step = step_name(mode)
 
     def header(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -64,8 +73,9 @@ class Progress:
     def __call__(self, p: RoundProgress) -> None:
         r = p.record
         flag = "" if r.quorum_met else "  (quorum not met: model kept)"
+        flag += departed_note(r.departed)
         print(
-            f"round {r.round:>{self.width}}/{self.rounds}  acc {r.accuracy:.4f}  "
+            f"{self.step} {r.round:>{self.width}}/{self.rounds}  acc {r.accuracy:.4f}  "
             f"up {human_bytes(p.bytes_up):>10}  down {human_bytes(p.bytes_down):>10}  "
             f"{len(r.participants)}/{len(r.selected)} edges  "
             f"elapsed {p.elapsed:6.1f}s  eta {p.eta:6.1f}s{flag}",
