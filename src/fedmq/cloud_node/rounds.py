@@ -50,8 +50,30 @@ class RoundCounters:
 class _ClientProgress:
     count: int
     num_samples: int
-    chunks: set[int] = field(default_factory=set)
+    # index -> the [start, end) it covers: a chunk counts once per index AND per coordinate
+    chunks: dict[int, tuple[int, int]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def misfit(self, index: int, start: int, end: int) -> str | None:
+        """Why [start, end) as chunk `index` cannot be part of an exact tiling, or None.
+
+        The slices of one update must tile [offset of chunk 0, total) in index order: a head-only
+        edge's slice starts above 0, and the last chunk ends at total (TensorChunk checks that).
+        Overlap is refused outright, because the streaming aggregator cannot take values out
+        again; a gap is refused against whichever neighbour is already in, so once all `count`
+        chunks are accepted every adjacent pair has been checked and the tiling is exact.
+        """
+        for other, (lo, hi) in self.chunks.items():
+            if start < hi and lo < end:
+                return f"overlaps chunk {other} [{lo}, {hi})"
+            if (other < index and hi > start) or (other > index and lo < end):
+                return f"out of index order against chunk {other} [{lo}, {hi})"
+        before, after = self.chunks.get(index - 1), self.chunks.get(index + 1)
+        if before is not None and before[1] != start:
+            return f"leaves a gap after chunk {index - 1}, which ends at {before[1]}"
+        if after is not None and after[0] != end:
+            return f"leaves a gap before chunk {index + 1}, which starts at {after[0]}"
+        return None
 
 
 class RoundTracker:
@@ -109,8 +131,14 @@ class RoundTracker:
             progress.num_samples,
         ):
             return Verdict.MALFORMED
+        end = chunk.offset + chunk.length
         if progress is not None and chunk.index in progress.chunks:
-            return Verdict.DUPLICATE
+            # A QoS 1 redelivery or replay covers the same slice; the same index elsewhere lies.
+            if progress.chunks[chunk.index] == (chunk.offset, end):
+                return Verdict.DUPLICATE
+            return Verdict.MALFORMED
+        if progress is not None and progress.misfit(chunk.index, chunk.offset, end) is not None:
+            return Verdict.MALFORMED
         try:
             values = chunk_values(chunk, self.limits)
         except CodecError:
@@ -121,7 +149,7 @@ class RoundTracker:
             progress = self._progress[chunk.sender] = _ClientProgress(
                 chunk.count, chunk.num_samples
             )
-        progress.chunks.add(chunk.index)
+        progress.chunks[chunk.index] = (chunk.offset, end)
         progress.metrics.update(chunk.metrics)
         self.aggregator.add(chunk.sender, chunk.offset, values, float(chunk.num_samples))
         return Verdict.ACCEPTED
