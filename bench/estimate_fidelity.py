@@ -1,12 +1,14 @@
-"""Estimation fidelity and link-bound efficiency (issue: tinyml_profiles).
+"""Estimation fidelity per mode and codec, and link-bound efficiency (issue: tinyml_profiles).
 
-    .venv/bin/python bench/estimate_fidelity.py [--rounds 10] [--codecs fp32,fp16,int8,...]
-                                                [--fleet esp32s3-wifi:4,pi4-ethernet:4,ltem-modem:2]
+    .venv/bin/python bench/estimate_fidelity.py [--clients 10] [--rounds 10] [--local-epochs 5]
+        [--runs "sync fp32+zstd,async fp32+zstd,..."] [--fleet esp32s3-wifi:4,...|none]
 
-For each codec: one `fedmq run` of `--rounds` rounds (10 edges, defaults otherwise), then
-fedmq's estimate (made before the run) and the naive W x C x R against the bytes measured at the
-edges' sockets, per direction. Then one run of the shaped fleet: each round's time against its
-link-limited lower bound. Every run is a fresh process, as a user would start it.
+For each named run (RUNS below: every mode, every codec family): one `fedmq run`, then fedmq's
+estimate (made before the run) and the naive W x C x R against the bytes measured at the edges'
+sockets, per direction; for async runs also the updates sent against the estimate's count.
+Then one run of the shaped fleet: each round's time against its link-limited lower bound.
+Every run is a fresh process, as a user would start it; the host speed comes from the cache
+(`fedmq estimate` says where), so estimates do not depend on the moment.
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+RUNS: dict[str, tuple[str, ...]] = {
+    "sync fp32+zstd": ("--codec", "fp32+zstd"),
+    "sync fp16": ("--codec", "fp16"),
+    "sync int8+zstd": ("--codec", "int8+zstd"),
+    "sync int4": ("--codec", "int4"),
+    "sync sign": ("--codec", "sign"),
+    "sync topk:0.01+int8+zstd": ("--codec", "topk:0.01+int8+zstd"),
+    "sync head-only (half)": ("--codec", "fp32+zstd", "--head-only", "HALF"),
+    "async fp32+zstd K=edges": ("--mode", "async", "--buffer-size", "EDGES"),
+    "async fp32+zstd K=5": ("--mode", "async", "--buffer-size", "5"),
+    "async topk:0.01+int8+zstd K=edges": ("--mode", "async", "--buffer-size", "EDGES",
+                                          "--codec", "topk:0.01+int8+zstd"),
+    "chain fp32+zstd": ("--mode", "chain"),
+}  # fmt: skip
 
 
 def run(out: Path, *flags: str) -> dict[str, Any]:
@@ -32,22 +49,35 @@ def run(out: Path, *flags: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--codecs", default="fp32,fp16,int8,fp32+zstd,fp16+zstd,int8+zstd")
+    parser.add_argument("--local-epochs", type=int, default=5)
+    parser.add_argument("--runs", default=",".join(RUNS), help="names from RUNS, comma-separated")
     parser.add_argument("--fleet", default="esp32s3-wifi:4,pi4-ethernet:4,ltem-modem:2")
     args = parser.parse_args()
+    brief = ("--clients", str(args.clients), "--rounds", str(args.rounds),
+             "--local-epochs", str(args.local_epochs))  # fmt: skip
+    subs = {"EDGES": str(args.clients), "HALF": str(args.clients // 2)}
     with tempfile.TemporaryDirectory() as tmp:
-        print("| codec | dir | measured B | fedmq estimate B | error | naive B | naive error |")
+        print("| run | dir | measured B | fedmq estimate B | error | naive B | naive error |")
         print("|---|---|---|---|---|---|---|")
-        for codec in args.codecs.split(","):
-            s = run(Path(tmp) / codec, "--rounds", str(args.rounds), "--codec", codec)
+        for i, name in enumerate(args.runs.split(",")):
+            flags = [subs.get(f, f) for f in RUNS[name]]
+            s = run(Path(tmp) / str(i), *brief, *flags)
             for way in ("up", "down"):
                 print(
-                    f"| {codec} | {way} | {s[f'bytes_{way}']:,} | {s[f'estimated_bytes_{way}']:,} "
+                    f"| {name} | {way} | {s[f'bytes_{way}']:,} | {s[f'estimated_bytes_{way}']:,} "
                     f"| {s[f'estimate_error_{way}_pct']:+.2f}% | {s['naive_bytes']:,} "
                     f"| {s[f'naive_error_{way}_pct']:+.1f}% |",
                     flush=True,
                 )
+            if s["mode"] == "async":
+                k = int(flags[flags.index("--buffer-size") + 1])
+                sent = sum(e["updates"] for e in s["edges"])
+                print(f"|   | {sent} updates sent; estimated {s['rounds'] * k + s['clients']} "
+                      f"(K x steps + one in flight per edge) |  |  |  |  |  |")  # fmt: skip
+        if args.fleet == "none":
+            return
         fleet = Path(tmp) / "fleet"
         s = run(fleet, "--rounds", str(args.rounds), "--fleet", args.fleet)
         ratios = [t / b for t, b in zip(s["round_seconds"], s["round_bound_seconds"], strict=True)]

@@ -232,10 +232,8 @@ def plan_estimate(setup: Setup, round_timeout: float, host: HostSpeed | None = N
     rng = np.random.default_rng(cfg.seed)  # the cloud's sampling, replayed
 
     def select(rnd: int, online: Sequence[str]) -> tuple[str, ...]:
-        if cfg.mode == "async":  # FedBuff: K updates a server step, from whoever is free
-            pool, k = sorted(online), min(cfg.buffer_size, len(online))
-            first = (rnd - 1) * k
-            return tuple(sorted(pool[(first + i) % len(pool)] for i in range(k)))
+        if cfg.mode == "async":
+            return _fedbuff_pick(cfg, rnd, online)
         return strategy.select(rnd, list(online), rng)
 
     return estimate(
@@ -246,6 +244,13 @@ def plan_estimate(setup: Setup, round_timeout: float, host: HostSpeed | None = N
         select=select,
         hops=sample.hops,
     )
+
+
+def _fedbuff_pick(cfg: RunConfig, step: int, online: Sequence[str]) -> tuple[str, ...]:
+    """Whose updates make FedBuff step `step`: K of them, taking turns (whoever is free)."""
+    pool, k = sorted(online), min(cfg.buffer_size, len(online))
+    first = (step - 1) * k
+    return tuple(sorted(pool[(first + i) % len(pool)] for i in range(k)))
 
 
 @dataclass
@@ -297,8 +302,8 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
 
     Training, error feedback, the cloud's aggregation and its delta against what edges hold:
     the same arithmetic as a run, so the vectors the estimator sizes are the ones a run sends.
-    Nothing is taken from a run's measurements. Async runs are sized from the same
-    synchronous rounds: their updates are alike, only how many there are differs.
+    Nothing is taken from a run's measurements. Async runs step through FedBuff the same way:
+    every edge trains from the newest model, K of them (taking turns) make each step, all fresh.
     """
     cfg = setup.cfg
     spec_layout = layout(initial_model(setup))
@@ -318,9 +323,16 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
     feedback: dict[str, ErrorFeedback] = {}
     sample = _Sample(held, [], [])
     strategy = make_strategy(cfg)  # the cloud's own rule: a server optimizer moves the model
+    names = sorted(setup.edge_id(i) for i in range(len(setup.shards)))
+    picks = np.random.default_rng(cfg.seed)  # the cloud's sampling, replayed
     for rnd in range(1, rounds_ahead(setup) + 1):
         aggregator = strategy.aggregator(rnd, model)
         sent: dict[str, np.ndarray] = {}
+        # Sync: the edges sampled this round; async: every edge trains, K make this step.
+        if cfg.mode == "async":
+            counted, trained = _fedbuff_pick(cfg, rnd, names), tuple(names)
+        else:
+            counted = trained = strategy.select(rnd, names, picks)
         for i in range(len(setup.shards)):
             node, seed = setup.edge_id(i), derive_seed(cfg.seed, rnd, i)
             start = setup.head_start(i, spec_layout)
@@ -328,7 +340,9 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
             result = train_local(cfg.model, view, _edge_data(setup, i, rnd), edge_cfg, seed=seed)
             spec = CodecSpec.parse(setup.codecs[i])
             delta = result.flat - view
-            if spec.lossy:
+            # An edge not sampled does not train: its delta here only sizes later rounds.
+            lossy = spec.lossy and node in trained
+            if lossy:
                 delta = feedback.setdefault(node, ErrorFeedback(delta.size)).compensate(delta)
             decoded = np.empty_like(delta)
             split_vector(
@@ -345,10 +359,11 @@ def _run_ahead(setup: Setup, initial: np.ndarray, tcfg: TrainConfig) -> _Sample:
                 decoded=decoded,
                 start=start,
             )
-            if spec.lossy:
+            if lossy:
                 feedback[node].update(decoded)
             sent[node] = delta
-            aggregator.add(node, start, decoded[start:], float(result.num_samples))
+            if node in counted:
+                aggregator.add(node, start, decoded[start:], float(result.num_samples))
         sample.sent.append(sent)
         model = aggregator.result()
         change = model - view
