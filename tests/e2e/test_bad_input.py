@@ -111,6 +111,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("report", ("{missing}",)),
     ("report", ("{tmp}",)),  # no rounds.jsonl
     ("report", ("{empty_run}",)),  # interrupted before its first round
+    ("report", ("{garbled_run}",)),  # a line in the middle is not JSON
     ("report", ()),
     ("keys", ("{tmp}/keys",)),  # no --device
     ("keys", ("{tmp}/keys", "--device", "a/b")),
@@ -147,8 +148,12 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     empty = tmp / "empty_run"
     empty.mkdir()
     (empty / "rounds.jsonl").write_text("")
+    garbled = tmp / "garbled_run"
+    garbled.mkdir()
+    (garbled / "rounds.jsonl").write_text('{"round": 1}\nnot json\n{"round": 3}\n')
     return {"tmp": str(tmp), "file": str(tmp / "file"), "ro": str(ro),
-            "missing": str(tmp / "missing"), "empty_run": str(empty)}  # fmt: skip
+            "missing": str(tmp / "missing"), "empty_run": str(empty),
+            "garbled_run": str(garbled)}  # fmt: skip
 
 
 @pytest.fixture
@@ -280,3 +285,16 @@ def test_each_cloud_flag_is_one_the_cloud_reads() -> None:
     assert taken <= read, taken - read
     assert set(FIELDS) - taken == set(CLOUD_SKIP)
     assert set(CENTRALIZED_ONLY) <= set(FIELDS)
+
+
+def test_report_of_a_cloud_run_lists_its_rounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fedmq cloud` counts bytes at the cloud: no edge-side plots, but no traceback either."""
+    row = {"round": 1, "accuracy": 0.8, "cloud_received": 2048, "cloud_sent": 1024,
+           "participants": ["edge-0", "edge-1"], "selected": ["edge-0", "edge-1"]}  # fmt: skip
+    (tmp_path / "rounds.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"final_accuracy": 0.8, "rounds": 1}))
+    code, out, err = call(["report", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "round 1  acc 0.8000  in 2.0 KiB  out 1.0 KiB  2/2 edges" in out

@@ -366,7 +366,6 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
-
     cfg = _run_config(args)
     summary = _check_centralized(args)
     from fedmq.workloads import TrainConfig, load_dataset, train_centralized
@@ -381,15 +380,18 @@ def cmd_centralized(args: argparse.Namespace) -> int:
           f"accuracy {accuracy:.4f} ({result.seconds:.1f} s)")  # fmt: skip
     if args.no_federated:
         return 0
-    if summary is not None:
+    if summary is not None:  # that run's own figures: its flags were not given here
         fed, source = float(summary["final_accuracy"]), args.federated
+        shape = (f"{summary.get('clients', '?')} edges, {summary.get('rounds', '?')} rounds "
+                 f"({summary.get('partition', '?')})")  # fmt: skip
     else:
         from fedmq.cli.launcher import run_federated
 
         summary, out = asyncio.run(run_federated(cfg))
         fed, source = summary["final_accuracy"], str(out)
-    print(f"federated:   {cfg.clients} edges, {cfg.rounds} rounds x {cfg.local_epochs} epochs "
-          f"({cfg.partition}): accuracy {fed:.4f}  [{source}]")  # fmt: skip
+        shape = (f"{cfg.clients} edges, {cfg.rounds} rounds x {cfg.local_epochs} epochs "
+                 f"({cfg.partition})")  # fmt: skip
+    print(f"federated:   {shape}: accuracy {fed:.4f}  [{source}]")
     print(f"gap (centralized - federated): {accuracy - fed:+.4f}")
     return 0
 
@@ -496,42 +498,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fedmq.cli.output import comparison_table
-    from fedmq.cli.plots import load_run, write_plots
-    from fedmq.cli.rundir import read_rounds
+    from fedmq.cli.report import report
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such folder")
-    if not (run_dir / "rounds.jsonl").exists():
-        raise ConfigError(f"{run_dir} is not a run directory (no rounds.jsonl)")
-    if not (run_dir / "summary.json").exists():
-        return _report_unfinished(run_dir, read_rounds(run_dir / "rounds.jsonl"))
-    rows, summary, _ = load_run(run_dir)
-    comparison_table(rows, summary)
-    for path in write_plots(run_dir):
-        print(f"wrote {path}")
-    return 0
-
-
-def _report_unfinished(run_dir: Any, rows: list[dict[str, Any]]) -> int:
-    """An interrupted run has no summary.json: show the rounds it finished, no plots."""
-    from fedmq.cli.output import human_bytes
-
-    if not rows:
-        raise ConfigError(f"{run_dir}: the run was interrupted before its first round finished")
-    print(f"{run_dir}: interrupted run (no summary.json); {len(rows)} rounds finished:")
-    for r in rows:
-        traffic = ""
-        if "bytes_up" in r:
-            traffic = f"  up {human_bytes(r['bytes_up'])}  down {human_bytes(r['bytes_down'])}"
-        elif "cloud_received" in r:
-            traffic = f"  in {human_bytes(r['cloud_received'])}  out {human_bytes(r['cloud_sent'])}"
-        edges = f"  {len(r['participants'])}/{len(r['selected'])} edges" if "selected" in r else ""
-        print(f"  round {r.get('round', '?')}  acc {float(r.get('accuracy', float('nan'))):.4f}"
-              f"{traffic}{edges}")  # fmt: skip
-    print("no plots: they compare against the summary a finished run writes")
-    return 0
+    return report(Path(args.run_dir))
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -701,10 +670,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done; 2 the command could not start (a bad option, a file it cannot
-    read or write, no broker at --broker within --connect-timeout), one line on stderr;
-    1 it failed after starting (one line; --log-level debug adds the traceback to the log);
-    130 interrupted."""
+    """Exit codes: 0 done; 2 a fedmq error, in one line on stderr: a bad option, a file it
+    cannot read or write, no broker at --broker within --connect-timeout, a broker that
+    refused us or a port taken; 1 an OS error after the command started (one line;
+    --log-level debug logs the traceback); 130 interrupted. Anything else is a bug and
+    keeps its traceback."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
