@@ -61,6 +61,11 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("run", ("--broker", "ftp://127.0.0.1:21")),
     ("run", ("--broker", REFUSED, *QUICK)),
     ("run", ("--config", "{missing}")),
+    # Refused by the data and fleet checks (torch loaded), still before the banner.
+    ("run", ("--model", "transformer")),
+    ("run", ("--dataset", "imagenet")),
+    ("run", ("--fleet", "lorawan-sf7:1")),  # 222 B messages: below one fedmq chunk
+    ("run", ("--fleet", "nano33ble-ble:2", "--model", "cnn")),  # 256 KiB of RAM
     ("run", ("--no-such-flag",)),
     ("broker", ()),  # neither --password-file nor --allow-anonymous
     ("broker", ("--allow-anonymous", "--port", "70000")),
@@ -200,8 +205,9 @@ def test_bad_input_is_one_line_and_exit_2(
         monkeypatch.delenv(key)
     monkeypatch.chdir(places["tmp"])
     argv = [command, *(arg.format(**places) for arg in bad)]
-    code, _, err = call(argv, capsys)
+    code, out, err = call(argv, capsys)
     lines = [line for line in err.splitlines() if line.strip()]
+    assert " rounds, " not in out, "the run's banner came before the refusal"
     assert code == 2, (argv, err)
     assert len(lines) == 1, (argv, err)
     assert "Traceback" not in err and "error" in lines[0], (argv, err)

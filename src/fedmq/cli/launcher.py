@@ -19,6 +19,7 @@ from typing import Any
 from fedmq.broker import BrokerConfig, EmbeddedBroker
 from fedmq.cli.config import RunConfig
 from fedmq.cli.planning import (
+    Setup,
     cloud_config,
     keepalive_for,
     make_strategy,
@@ -49,13 +50,18 @@ class RoundProgress:
 
 
 async def run_federated(
-    cfg: RunConfig, *, on_round: Callable[[RoundProgress], None] | None = None
+    cfg: RunConfig,
+    *,
+    on_round: Callable[[RoundProgress], None] | None = None,
+    setup: Setup | None = None,
 ) -> tuple[dict[str, Any], Path]:
+    """`setup`: `prepare(cfg)` done already (`fedmq run` does it before its banner, so the
+    fleet's and the data's refusals come before anything is said to have started)."""
     import torch
 
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    setup = prepare(cfg)
+    setup = setup if setup is not None else prepare(cfg)
     cfg = setup.cfg
     est = plan_estimate(setup, cfg.round_timeout)
     round_timeout = round_timeout_for(setup, est)

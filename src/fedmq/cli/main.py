@@ -181,7 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # torch and the runtimes load only now: a refusal above comes at once.
     from fedmq.cli.launcher import run_federated
     from fedmq.cli.output import Progress, summary_table
+    from fedmq.cli.planning import prepare
 
+    setup = prepare(cfg)  # the data, its split, the fleet's memory and payload checks
+    cfg = setup.cfg  # --clients and --max-payload as the fleet sets them
     log.info("resolved config: %s", cfg.as_dict())
     progress = Progress(cfg.rounds)
     broker = cfg.broker or "an embedded broker"
@@ -190,7 +193,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"fedmq run: {edges}, {cfg.rounds} rounds, {cfg.model} on {cfg.dataset} "
         f"({cfg.partition}), codec {cfg.codec or 'auto'}, on {broker}"
     )
-    summary, out = asyncio.run(run_federated(cfg, on_round=None if args.quiet else progress))
+    summary, out = asyncio.run(
+        run_federated(cfg, on_round=None if args.quiet else progress, setup=setup)
+    )
     summary_table(summary, str(out))
     if not args.quiet:
         from fedmq.cli.output import comparison_table
