@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmq.cli import memo
 from fedmq.cli.config import FIELDS, RunConfig
 from fedmq.cli.hostspeed import HostSpeed, host_speed
 from fedmq.cloud_node import (
@@ -198,6 +199,21 @@ def plan_estimate(setup: Setup, round_timeout: float, host: HostSpeed | None = N
     cfg = setup.cfg
     if host is None:
         host = resolve_host_speed(setup)
+    key = memo.memo_key(
+        {"config": {k: v for k, v in cfg.as_dict().items() if k not in ("out", "broker")},
+         "profiles": [repr(p) for p in setup.profiles],
+         "host_flops": host.flops, "round_timeout": round_timeout}
+    )  # fmt: skip
+    known = memo.load(key)
+    if known is not None:
+        return known
+    est = _plan_estimate(setup, round_timeout, host)
+    memo.store(key, est)
+    return est
+
+
+def _plan_estimate(setup: Setup, round_timeout: float, host: HostSpeed) -> Estimate:
+    cfg = setup.cfg
     model = initial_model(setup)
     initial = get_flat(model)
     tcfg = TrainConfig(

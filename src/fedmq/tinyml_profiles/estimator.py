@@ -114,6 +114,22 @@ class Estimate:
             sum(r.bound_seconds for r in later) / n,
         )
 
+    def state(self) -> dict[str, Any]:
+        """Everything, as JSON types: `from_state(state())` is an equal Estimate."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Estimate:
+        rounds = tuple(
+            RoundEstimate(**{**r, "selected": tuple(r["selected"])}) for r in state["rounds"]
+        )
+        return cls(
+            rounds, int(state["setup_up"]), int(state["setup_down"]),
+            int(state["teardown_up"]), int(state["teardown_down"]),
+            {str(k): int(v) for k, v in state["update_bytes"].items()},
+            int(state["model_bytes"]),
+        )  # fmt: skip
+
     def as_dict(self) -> dict[str, Any]:
         first = self.first_round()
         up, down, seconds = self.steady_round()
