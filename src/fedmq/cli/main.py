@@ -188,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("resolved config: %s", cfg.as_dict())
     progress = Progress(cfg.rounds)
     broker = cfg.broker or "an embedded broker"
-    edges = f"fleet {cfg.fleet}" if cfg.fleet else f"{cfg.clients} edges"
+    edges = f"{cfg.clients} edges" + (f" (fleet {cfg.fleet})" if cfg.fleet else "")
     progress.header(
         f"fedmq run: {edges}, {cfg.rounds} rounds, {cfg.model} on {cfg.dataset} "
         f"({cfg.partition}), codec {cfg.codec or 'auto'}, on {broker}"
