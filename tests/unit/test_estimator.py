@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedmq.cli import memo
 from fedmq.cli.hostspeed import host_speed
 from fedmq.codec import CodecSpec, JobSpec, RoundTask, encode, split_vector
 from fedmq.tinyml_profiles import LinkProfile, Profile
@@ -254,3 +255,17 @@ def test_given_host_speed_never_measures(tmp_path: Path) -> None:
     speed = host_speed("mlp", (64,), 32, measure, given=1e9, directory=tmp_path)
     assert speed.flops == 1e9 and speed.source == "flag"
     assert not any(tmp_path.iterdir())
+
+
+def test_estimate_round_trips_through_the_memo(tmp_path: Path) -> None:
+    edges = (EdgePlan("e0", 10, "fp32"), EdgePlan("e1", 20, "fp32"))
+    model = np.zeros(1000, dtype=np.float32)
+    est = estimate(
+        plan(edges), full_model=model, changes=[model],
+        deltas=[{e.node_id: model for e in edges}], select=everyone,
+    )  # fmt: skip
+    key = memo.memo_key({"config": {"rounds": 3}})
+    assert memo.load(key, tmp_path) is None
+    memo.store(key, est, tmp_path)
+    assert memo.load(key, tmp_path) == est
+    assert memo.load(memo.memo_key({"config": {"rounds": 4}}), tmp_path) is None
