@@ -116,6 +116,8 @@ def test_estimate_is_repeatable_and_shows_the_cached_host_speed(tmp_path: Path) 
     assert cache.exists()
     assert f"cached in {cache}" in first.stdout
     assert "round 1:" in first.stdout and "rounds 2-3:" in first.stdout
+    # The second call read the first one's estimate back instead of running ahead again.
+    assert len(list((tmp_path / "cache" / "fedmq" / "estimates").glob("*.json"))) == 1
 
 
 def test_given_host_speed_bypasses_calibration(tmp_path: Path) -> None:
@@ -123,6 +125,6 @@ def test_given_host_speed_bypasses_calibration(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["host_speed"] == {"flops": 1e9, "source": "flag", "calibrated": "", "path": ""}
-    assert not (tmp_path / "cache").exists()  # nothing measured, nothing cached
+    assert not (tmp_path / "cache" / "fedmq" / "host-speed.json").exists()  # nothing measured
     first, steady = data["first_round"], data["steady_round"]
     assert first["bytes_down"] > 3 * steady["bytes_down"]  # round 1 brings the whole model
