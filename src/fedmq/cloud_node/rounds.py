@@ -59,15 +59,14 @@ class _ClientProgress:
 
         The slices of one update must tile [offset of chunk 0, total) in index order: a head-only
         edge's slice starts above 0, and the last chunk ends at total (TensorChunk checks that).
-        Overlap is refused outright, because the streaming aggregator cannot take values out
-        again; a gap is refused against whichever neighbour is already in, so once all `count`
+        A chunk must lie after every lower index and before every higher one, which also refuses
+        any overlap before its values reach the streaming aggregator (it cannot take them out
+        again). A gap is refused against whichever neighbour is already in, so once all `count`
         chunks are accepted every adjacent pair has been checked and the tiling is exact.
         """
         for other, (lo, hi) in self.chunks.items():
-            if start < hi and lo < end:
-                return f"overlaps chunk {other} [{lo}, {hi})"
             if (other < index and hi > start) or (other > index and lo < end):
-                return f"out of index order against chunk {other} [{lo}, {hi})"
+                return f"overlaps or precedes chunk {other} [{lo}, {hi})"
         before, after = self.chunks.get(index - 1), self.chunks.get(index + 1)
         if before is not None and before[1] != start:
             return f"leaves a gap after chunk {index - 1}, which ends at {before[1]}"
