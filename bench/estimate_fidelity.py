@@ -72,7 +72,7 @@ def main() -> None:
                     flush=True,
                 )
             if s["mode"] == "async":
-                k = int(flags[flags.index("--buffer-size") + 1])
+                k = min(int(flags[flags.index("--buffer-size") + 1]), args.clients)
                 sent = sum(e["updates"] for e in s["edges"])
                 print(f"|   | {sent} updates sent; estimated {s['rounds'] * k + s['clients']} "
                       f"(K x steps + one in flight per edge) |  |  |  |  |  |")  # fmt: skip
