@@ -6,6 +6,7 @@ that is up, to check that the cloud says "waiting for edges" only once it is con
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from fedmq.errors import TransportError
 from fedmq.transport import Session, SessionConfig
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,10 +104,15 @@ def test_an_edge_says_where_it_connects_at_once_then_why_it_cannot() -> None:
     assert still_at - lines[0][0] > 4.0
 
 
-def test_the_cloud_waits_for_edges_only_once_connected(amqtt_url: str, tmp_path: Path) -> None:
+async def test_the_cloud_waits_for_edges_only_once_connected(
+    amqtt_url: str, tmp_path: Path
+) -> None:
+    from fedmq.codec import Status, decode
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMQ_")}
     env["PYTHONUNBUFFERED"] = "1"
-    down = subprocess.run(
+    down = await asyncio.to_thread(
+        subprocess.run,
         [*FEDMQ, "cloud", "--broker", refused_url(), "--connect-timeout", "0.5",
          "--out", str(tmp_path / "down")],
         capture_output=True, text=True, timeout=60, env=env,
@@ -115,21 +121,64 @@ def test_the_cloud_waits_for_edges_only_once_connected(amqtt_url: str, tmp_path:
     assert "connection refused" in down.stderr and len(down.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "down").exists()  # nothing started
 
-    up = subprocess.Popen(
-        [*FEDMQ, "cloud", "--broker", amqtt_url, "--clients", "2", "--start-timeout", "60",
-         "--out", str(tmp_path / "up")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert up.stdout is not None
-        seen = []
-        for line in up.stdout:
-            seen.append(line.strip())
-            if "waiting for" in line:
-                break
-        assert seen[0] == f"fedmq cloud: connecting to {amqtt_url} ..."
-        assert seen[1] == f"fedmq cloud: connected to {amqtt_url}"
-        assert "waiting for 2 edges" in seen[-1]
-    finally:
-        up.terminate()
-        up.wait(10)
+    statuses: list[Status] = []
+    watch = SessionConfig(amqtt_url, "t-watch", subscriptions=("fedmq/digits/status/cloud",))
+    async with Session(
+        watch, lambda t, p: statuses.append(decode(p, expect=Status)) if p else None
+    ):
+        up = subprocess.Popen(  # noqa: ASYNC220 - returns at once; reads go to threads
+            [*FEDMQ, "cloud", "--broker", amqtt_url, "--clients", "2", "--start-timeout", "60",
+             "--out", str(tmp_path / "up")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            assert up.stdout is not None
+            seen = []
+            while not seen or "waiting for" not in seen[-1]:
+                line = await asyncio.to_thread(up.stdout.readline)
+                assert line, seen
+                seen.append(line.strip())
+            assert seen[0] == f"fedmq cloud: connecting to {amqtt_url} ..."
+            assert seen[1] == f"fedmq cloud: connected to {amqtt_url}"
+            assert "waiting for 2 edges" in seen[-1]
+            await wait_until(lambda: any(s.online for s in statuses), timeout=30)
+            # SIGTERM unwinds it: the goodbye goes out, and it says so in one line.
+            up.terminate()
+            assert await asyncio.to_thread(up.wait, 20) == 143
+            await wait_until(lambda: not statuses[-1].online, timeout=5)
+            assert up.stderr is not None
+            err = up.stderr.read().strip().splitlines()
+            assert err[-1] == "fedmq cloud: stopped by SIGTERM", err
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait(10)
+
+
+async def test_a_listener_that_never_answers_is_reported_and_its_sockets_closed() -> None:
+    """TCP accepted, no CONNACK: each try is given up after ack_timeout and its socket closed
+    (not left open until garbage collection), and the reason says what happened."""
+    accepted: list[asyncio.StreamReader] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(reader)
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"mqtt://127.0.0.1:{port}"
+    reports: list[str] = []
+    cfg = SessionConfig(url, "t-mute", connect_timeout=1.5, progress_every=0.7,
+                        ack_timeout=0.3, backoff_max=0.2)  # fmt: skip
+    async with server:
+        with pytest.raises(TransportError) as info:
+            async with Session(cfg, lambda t, p: None, on_wait=reports.append):
+                pass
+        assert len(accepted) >= 2
+        for reader in accepted:  # each given-up connection is closed from our side
+            async with asyncio.timeout(2):
+                while await reader.read(4096):
+                    pass
+    assert str(info.value) == (
+        f"t-mute: no connection to {url} after 1.5 s (no MQTT answer in time)"
+    )
+    assert reports and reports[0].endswith("(no MQTT answer in time)")

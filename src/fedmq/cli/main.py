@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from fedmq import __version__
-from fedmq.cli import brokerconf, checks, security, serve
+from fedmq.cli import brokerconf, checks, security, serve, signals
 from fedmq.cli.config import FIELDS, RunConfig, resolve, unknown_env
 from fedmq.cli.connect import reach_broker
 from fedmq.errors import ConfigError, FedmqError
@@ -273,7 +274,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = asyncio.run(node.run(on_round=on_round))
+    # SIGTERM unwinds the node, so its goodbye tells the edges at once (cli.signals).
+    result = signals.run(node.run(on_round=on_round))
     if result.resumed_from:
         print(f"resumed after round {result.resumed_from} from {args.checkpoint}")
         # The whole history, across restarts: a kill between a checkpoint and its line here
@@ -362,7 +364,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
     shaped = f" as {profile.name}" if profile else ""
     print(f"fedmq edge {args.id}: job {args.job} on {args.broker}{shaped}", flush=True)
-    report = asyncio.run(serve())
+    report = signals.run(serve())  # SIGTERM: the goodbye, so the round stops waiting for us
     print(
         f"edge {report.node_id}: trained {report.rounds_trained} rounds, sent "
         f"{report.bytes_sent:,} B, received {report.bytes_received:,} B"
@@ -678,8 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit codes: 0 done; 2 a fedmq error, in one line on stderr: a bad option, a file it
     cannot read or write, no broker at --broker within --connect-timeout, a broker that
     refused us or a port taken; 1 an OS error after the command started (one line;
-    --log-level debug logs the traceback); 130 interrupted. Anything else is a bug and
-    keeps its traceback."""
+    --log-level debug logs the traceback); 130 interrupted (Ctrl-C); 143 a cloud or edge
+    stopped by SIGTERM, after its goodbye. Anything else is a bug and keeps its traceback."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
@@ -701,6 +703,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit_code(command: str, exc: BaseException) -> int:
     """One line for what a user can act on; tracebacks only for bugs (and --log-level debug)."""
+    stopped = _find(exc, signals.Stopped)
+    if isinstance(stopped, signals.Stopped):  # asked to stop, and did so cleanly
+        print(f"fedmq {command}: {stopped}", file=sys.stderr)
+        return 128 + int(getattr(signal, stopped.signame, signal.SIGTERM))
     for kind, code in ((FedmqError, 2), (KeyboardInterrupt, 130), (OSError, 1)):
         found = _find(exc, kind)
         if found is None:

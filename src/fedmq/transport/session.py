@@ -271,12 +271,19 @@ class Session:
         (an outage, a half-open NAT) would otherwise hang the session for good.
         """
         client = self._new_client()
-        async with asyncio.timeout(self.config.ack_timeout):
-            await stack.enter_async_context(client)
-            for topic in self.config.subscriptions:
-                await client.subscribe(topic, qos=1)
-            if self._birth is not None:
-                await client.publish(*self._birth, qos=1, retain=True)
+        entered = False
+        try:
+            async with asyncio.timeout(self.config.ack_timeout):
+                await stack.enter_async_context(client)
+                entered = True
+                for topic in self.config.subscriptions:
+                    await client.subscribe(topic, qos=1)
+                if self._birth is not None:
+                    await client.publish(*self._birth, qos=1, retain=True)
+        except BaseException:
+            if not entered:
+                _close_unfinished(client)
+            raise
         return client
 
     def _lost(self, exc: BaseException) -> None:
@@ -430,8 +437,21 @@ def _tls_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None
     return None
 
 
+def _close_unfinished(client: aiomqtt.Client) -> None:
+    """Close the socket of a connect cut short (no CONNACK in time, or cancelled).
+
+    aiomqtt closes only a connection it finished opening; this one would stay open with its
+    reader task pending until garbage collection, after its event loop has gone.
+    """
+    paho: Any = client._client
+    with contextlib.suppress(Exception):
+        paho._sock_close()
+
+
 def _reason(exc: BaseException) -> str:
     """The innermost OS reason under `exc` ("connection refused"), else its own text."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no MQTT answer in time"
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.strerror:
