@@ -34,7 +34,8 @@ def reach_broker(
     # Progress goes to stdout with the command's other progress lines; stderr is kept for the
     # one line that says why the command stopped.
     print(f"fedmq {command}: connecting to {url} ...", flush=True)
-    client_id = f"fedmq-{command}-check-{os.getpid()}"  # never the id a node will take
+    # Never the id a node will take (the broker would drop that node); no blanks either.
+    client_id = f"fedmq-{command.split(maxsplit=1)[0]}-check-{os.getpid()}"
     config = SessionConfig(
         url=url,
         client_id=client_id,
