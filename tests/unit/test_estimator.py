@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from fedmq.cli import memo
+from fedmq.cli.config import RunConfig
 from fedmq.cli.hostspeed import host_speed
+from fedmq.cli.planning import prepare, rounds_ahead
 from fedmq.codec import CodecSpec, JobSpec, RoundTask, encode, split_vector
 from fedmq.tinyml_profiles import LinkProfile, Profile
 from fedmq.tinyml_profiles import mqtt_sizes as mq
@@ -269,3 +271,10 @@ def test_estimate_round_trips_through_the_memo(tmp_path: Path) -> None:
     memo.store(key, est, tmp_path)
     assert memo.load(key, tmp_path) == est
     assert memo.load(memo.memo_key({"config": {"rounds": 4}}), tmp_path) is None
+
+
+def test_the_default_run_is_run_ahead_whole_and_a_heavy_one_only_sampled() -> None:
+    """A FLOP budget, not a clock, decides: the same config always runs the same rounds ahead."""
+    assert rounds_ahead(prepare(RunConfig())) == 30  # MLP, 30 rounds: 8.7e9 FLOPs
+    assert rounds_ahead(prepare(RunConfig(rounds=2))) == 2
+    assert rounds_ahead(prepare(RunConfig(model="cnn", sample_rounds=3))) == 3  # 1.4e10 a round
