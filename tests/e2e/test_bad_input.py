@@ -48,6 +48,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("run", ("--out", "/proc/fedmq-run")),
     ("run", ("--codec", "gzip9")),
     ("run", ("--delta-codec", "int9")),
+    ("run", ("--downlink-codec", "topk:0.1+int8")),  # the full model must be dense
     ("run", ("--partition", "dirichlet:0")),
     ("run", ("--partition", "shards:x")),
     ("run", ("--fleet", "no-such-board:3")),
@@ -71,6 +72,8 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("broker", ("--allow-anonymous", "--port", "70000")),
     ("broker", ("--allow-anonymous", "--port", "-1")),
     ("broker", ("--allow-anonymous", "--max-packet", "0")),
+    ("broker", ("--allow-anonymous", "--host", "no such host")),
+    ("broker", ("--password-file", "/dev/null")),
     ("broker", ("--password-file", "{missing}")),
     ("broker", ("--allow-anonymous", "--tls-key", "{file}")),
     ("cloud", ()),  # no --broker
@@ -129,6 +132,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("certs", ("{tmp}/pki", "--days", "0")),
     ("certs", ("{file}", "--device", "edge-0")),
     ("certs", ("{tmp}/pki", "--device", "a b")),
+    ("certs", ("{tmp}/pki", "--host", "")),
     ("codecs", ("--verbose",)),
     ("codecs", ("extra",)),
     ("broker-config", ("--allow-anonymous",)),  # no --port

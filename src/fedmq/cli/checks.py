@@ -38,11 +38,26 @@ def port(flag: str, value: int, *, zero: bool) -> None:
         raise ConfigError(f"{flag} must be in [{0 if zero else 1}, 65535], got {value}")
 
 
+def host(flag: str, name: str) -> str:
+    """An address to bind or a name for a certificate: one that resolves, no blanks."""
+    import socket
+
+    if not name or any(c.isspace() for c in name) or len(name) > 253:
+        raise ConfigError(f"{flag} {name!r}: give a host name or address, e.g. 127.0.0.1")
+    try:
+        socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"{flag} {name!r}: cannot resolve it ({exc})") from None
+    return name
+
+
 def readable_file(flag: str, path: str) -> str:
     """An input file must exist and be readable now, not when a node first needs it."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"{flag} {path}: no such file")
+    if not p.is_file():
+        raise ConfigError(f"{flag} {path}: not a regular file")
     if not os.access(p, os.R_OK):
         raise ConfigError(f"{flag} {path}: not readable")
     return str(p)
@@ -162,6 +177,14 @@ def run_config(cfg: RunConfig, *, writes: bool) -> None:
                        ("--delta-codec", cfg.delta_codec)):  # fmt: skip
         if spec:
             codec(flag, spec)
+    from fedmq.codec import CodecSpec
+
+    full = CodecSpec.parse(cfg.downlink_codec)
+    if full.topk is not None or full.dtype == "sign":  # as CloudConfig, which needs torch
+        raise ConfigError(
+            f"--downlink-codec {cfg.downlink_codec}: the full model needs a dense codec "
+            "(top-k and sign only make sense for deltas)"
+        )
     partition(cfg.partition)
     staleness(cfg.staleness)
     drift(cfg.drift)

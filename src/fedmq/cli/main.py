@@ -211,16 +211,18 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from fedmq.cli.security import broker_security
 
     checks.port("--port", args.port, zero=True)
+    checks.host("--host", args.host)
     checks.at_least("--max-packet", args.max_packet, 1024)
     security.check_broker_files(args)
     config = BrokerConfig(
         host=args.host, port=args.port, max_packet=args.max_packet, **broker_security(args)
     )
-    if not config.tls_cert and args.host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("no --tls-cert: passwords and models cross the network in clear")
 
     async def serve() -> None:
         async with EmbeddedBroker(config) as broker:
+            # Said once it listens: a broker that cannot start has one line to say, not two.
+            if not config.tls_cert and args.host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning("no --tls-cert: passwords and models cross the network in clear")
             auth = "anonymous allowed" if config.allow_anonymous else "passwords required"
             acl = config.acl.source if config.acl else "none"
             print(f"fedmq broker listening on {broker.url}, {auth}, ACL: {acl} (Ctrl-C to stop)",

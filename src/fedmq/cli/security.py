@@ -123,6 +123,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
     checks.at_least("--days", args.days, 1)
     checks.writable_dir("DIR", args.dir)
+    for name in args.host:
+        # A certificate names hosts that need not resolve here: only the form is checked.
+        if not name or any(c.isspace() for c in name) or len(name) > 64:
+            raise ConfigError(f"--host {name!r}: a host name or address of 1 to 64 characters")
     pki = make_trial_pki(args.dir, args.device, hosts=args.host or SERVER_HOSTS, days=args.days)
     for path in pki.written:
         print(f"wrote {path}")
