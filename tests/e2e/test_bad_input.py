@@ -18,7 +18,8 @@ from types import FrameType
 
 import pytest
 
-from fedmq.cli.main import CENTRALIZED_ONLY, CLOUD_SKIP, build_parser, main
+from fedmq.cli.main import CLOUD_SKIP, build_parser, main
+from fedmq.cli.options import CENTRALIZED_ONLY
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e

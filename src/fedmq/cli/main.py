@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from fedmq import __version__
-from fedmq.cli import brokerconf, checks, security, serve, signals
+from fedmq.cli import brokerconf, checks, exits, options, security, serve, signals
 from fedmq.cli.config import FIELDS, RunConfig, resolve, unknown_env
 from fedmq.cli.connect import reach_broker
 from fedmq.errors import ConfigError, FedmqError
@@ -77,9 +76,6 @@ HELP = {
 # Run settings `fedmq cloud` has no use for: the edges bring their own profiles, threads and
 # head-only training; the estimator's run-ahead is `fedmq run`'s.
 CLOUD_SKIP = ("fleet", "head_only", "threads", "sample_rounds")
-# What `fedmq centralized` reads when it does not run the federated side itself.
-CENTRALIZED_ONLY = ("model", "dataset", "seed", "test_fraction", "rounds", "local_epochs",
-                    "batch_size", "lr", "momentum")  # fmt: skip
 # Commands that write a run directory, so --out must be writable before they start.
 WRITES_OUT = ("run", "cloud", "centralized")
 
@@ -154,14 +150,6 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def _check_identity(args: argparse.Namespace) -> None:
-    for flag in ("tls_ca", "tls_cert", "tls_key"):
-        if getattr(args, flag, None):
-            checks.readable_file("--" + flag.replace("_", "-"), getattr(args, flag))
-    if getattr(args, "connect_timeout", 1.0) <= 0:
-        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
-
-
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.WARNING),
@@ -176,7 +164,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
-    _check_identity(args)
+    options.identity(args)
     if cfg.broker:
         reach_broker("run", cfg.broker, {}, args.connect_timeout)
     # torch and the runtimes load only now: a refusal above comes at once.
@@ -238,7 +226,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     if not cfg.broker:
         raise ConfigError("fedmq cloud needs --broker mqtt://HOST:PORT (start one: fedmq broker)")
-    _check_cloud(args, cfg)
+    options.cloud(args)
     reach_broker("cloud", cfg.broker, _identity(args), args.connect_timeout)
     from pathlib import Path
 
@@ -297,39 +285,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_cloud(args: argparse.Namespace, cfg: RunConfig) -> None:
-    checks.topic_name("--node-id", args.node_id)
-    checks.at_least("--min-clients", args.min_clients, 0)
-    checks.at_least("--start-timeout", args.start_timeout, 1e-3)
-    if args.resume and not args.checkpoint:
-        raise ConfigError("--resume needs --checkpoint FILE")
-    if args.checkpoint:
-        checks.writable_file("--checkpoint", args.checkpoint)
-    if args.trusted_keys and not os.path.isdir(args.trusted_keys):
-        raise ConfigError(f"--trusted-keys {args.trusted_keys}: no such folder")
-    _check_identity(args)
-
-
-def _check_edge(args: argparse.Namespace) -> Any:
-    """The edge's options, and its profile (None without --profile), before torch loads."""
-    from fedmq.tinyml_profiles import get_profile
-
-    checks.broker_url(args.broker)
-    checks.topic_name("--id", args.id)
-    checks.topic_name("--job", args.job)
-    if args.shard is not None:
-        checks.at_least("--shard", args.shard, 0)
-    checks.at_least("--threads", args.threads, 1)
-    if args.codec:
-        checks.codec("--codec", args.codec)
-    if args.sign_key:
-        checks.readable_file("--sign-key", args.sign_key)
-    _check_identity(args)
-    return get_profile(args.profile) if args.profile else None
-
-
 def cmd_edge(args: argparse.Namespace) -> int:
-    profile = _check_edge(args)
+    profile = options.edge(args)
     reach_broker(f"edge {args.id}", args.broker, _identity(args), args.connect_timeout)
 
     import torch
@@ -376,7 +333,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 def cmd_centralized(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
-    summary = _check_centralized(args)
+    summary = options.centralized(args)
     from fedmq.workloads import TrainConfig, load_dataset, train_centralized
 
     train, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
@@ -403,28 +360,6 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     print(f"federated:   {shape}: accuracy {fed:.4f}  [{source}]")
     print(f"gap (centralized - federated): {accuracy - fed:+.4f}")
     return 0
-
-
-def _check_centralized(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Refuse run flags nothing reads; the summary of --federated RUN_DIR, if given."""
-    import json
-    from pathlib import Path
-
-    if args.no_federated or args.federated:
-        unused = [n for n in FIELDS if getattr(args, n) is not None and n not in CENTRALIZED_ONLY]
-        if unused:
-            flag = "--" + unused[0].replace("_", "-")
-            without = "--no-federated" if args.no_federated else "--federated"
-            raise ConfigError(f"{flag} is a setting of the federated run, unused with {without}")
-    if not args.federated:
-        return None
-    path = Path(args.federated) / "summary.json"
-    try:
-        summary: dict[str, Any] = json.loads(path.read_text())
-        float(summary["final_accuracy"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--federated {args.federated}: no finished run there ({exc})") from None
-    return summary
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -679,11 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done; 2 a fedmq error, in one line on stderr: a bad option, a file it
-    cannot read or write, no broker at --broker within --connect-timeout, a broker that
-    refused us or a port taken; 1 an OS error after the command started (one line;
-    --log-level debug logs the traceback); 130 interrupted (Ctrl-C); 143 a cloud or edge
-    stopped by SIGTERM, after its goodbye. Anything else is a bug and keeps its traceback."""
+    """Run one command; its exit code and last line as `cli.exits` says."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
@@ -700,39 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: Any = args.func(args)
         return int(code)
     except BaseException as exc:  # sorted below; anything else is re-raised
-        return _exit_code(args.command, exc)
-
-
-def _exit_code(command: str, exc: BaseException) -> int:
-    """One line for what a user can act on; tracebacks only for bugs (and --log-level debug)."""
-    stopped = _find(exc, signals.Stopped)
-    if isinstance(stopped, signals.Stopped):  # asked to stop, and did so cleanly
-        print(f"fedmq {command}: {stopped}", file=sys.stderr)
-        return 128 + int(getattr(signal, stopped.signame, signal.SIGTERM))
-    for kind, code in ((FedmqError, 2), (KeyboardInterrupt, 130), (OSError, 1)):
-        found = _find(exc, kind)
-        if found is None:
-            continue
-        if code == 130:
-            print(f"fedmq {command}: interrupted", file=sys.stderr)
-        else:
-            log.debug("%s failed", command, exc_info=exc)
-            text = " ".join(str(found).split()) or type(found).__name__  # one line, always
-            print(f"fedmq {command}: error: {text}", file=sys.stderr)
-        return code
-    raise exc
-
-
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """`exc` itself, or the first `kind` in it if it is a (nested) group: a TaskGroup of
-    nodes that all lost the broker raises them together, and one of them says it all."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _find(inner, kind)) is not None:
-                return found
-    return None
+        return exits.exit_code(args.command, exc)
 
 
 if __name__ == "__main__":
