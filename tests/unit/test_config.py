@@ -135,3 +135,16 @@ def test_writable_dir_refuses_files_proc_and_what_lies_under_a_file(tmp_path: Pa
             writable_dir("--out", bad)
     with pytest.raises(ConfigError, match="is a folder"):
         writable_file("--checkpoint", str(tmp_path))
+
+
+def test_a_bad_value_from_the_environment_or_a_file_says_where_it_was_set(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^--seed must be >= 0, got -1 \(set by FEDMQ_SEED\)$"):
+        resolve(env={"FEDMQ_SEED": "-1"})
+    f = tmp_path / "run.toml"
+    f.write_text("fraction = 2\n")
+    with pytest.raises(ConfigError, match=rf"got 2 \(set by {f}\)$"):
+        resolve(f, env={})
+    with pytest.raises(ConfigError, match=r"got 2$"):  # a flag: the user just typed it
+        resolve(f, {"fraction": 2.0}, env={})

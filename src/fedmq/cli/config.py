@@ -189,9 +189,23 @@ def resolve(
     env: Mapping[str, str] | None = None,
 ) -> RunConfig:
     """Defaults < file < environment (FEDMQ_ROUNDS=5) < flags; flags that are None are unset."""
-    merged: dict[str, Any] = {}
-    if file:
-        merged.update(load_file(file))
-    merged.update(from_env(os.environ if env is None else env))
-    merged.update(_checked("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
-    return RunConfig(**merged)
+    in_file = load_file(file) if file else {}
+    in_env = from_env(os.environ if env is None else env)
+    given = _checked("flags", {k: v for k, v in (flags or {}).items() if v is not None})
+    merged = {**in_file, **in_env, **given}
+    # Where each value came from, for the error that names it (a flag: the user just typed it).
+    source = {
+        **dict.fromkeys(in_file, str(file)),
+        **{name: f"FEDMQ_{name.upper()}" for name in in_env},
+        **dict.fromkeys(given, ""),
+    }
+    try:
+        return RunConfig(**merged)
+    except ConfigError as exc:
+        # "--seed must be >= 0" puzzles a user who never typed --seed: say where it was set.
+        message = str(exc)
+        for name, origin in source.items():
+            if origin and message.startswith(f"--{name.replace('_', '-')} "):
+                message += f" (set by {origin})"
+                break
+        raise ConfigError(message) from None
