@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,13 +13,16 @@ import zstandard
 
 from fedmq.cli.config import RunConfig
 from fedmq.cli.launcher import run_federated
+from fedmq.cloud_node import CloudConfig, CloudNode
+from fedmq.cloud_node.runtime import CloudResult
 from fedmq.codec import ALIGN, RoundTask, TensorChunk, decode, encode
+from fedmq.edge_node import EdgeConfig, EdgeNode
 from fedmq.errors import CodecError
 from fedmq.transport import Session, SessionConfig, Topics
 
 pytestmark = pytest.mark.integration
 
-SMALL = {"clients": 3, "rounds": 2, "local_epochs": 1, "job": "itest"}
+SMALL: dict[str, Any] = {"clients": 3, "rounds": 2, "local_epochs": 1, "job": "itest"}
 
 
 def final_model(out: Path) -> np.ndarray:
@@ -118,3 +122,69 @@ async def test_garbage_on_the_update_topics_does_not_change_the_round(
     assert summary["final_accuracy"] == clean_summary["final_accuracy"]
     np.testing.assert_array_equal(final_model(out), final_model(clean_out))
     assert (out / "summary.json").stat().st_size > 0
+
+
+async def _replayer(url: str, job: str, stop: asyncio.Event) -> dict[tuple[int, str], int]:
+    """Publishes every genuine update chunk once more on its topic: replays within the round."""
+    topics = Topics(job)
+    heard: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    seen: set[bytes] = set()
+    replayed: dict[tuple[int, str], int] = {}
+
+    def on_message(topic: str, payload: bytes) -> None:
+        if payload not in seen:  # we hear our own replays too: replay each chunk once
+            seen.add(payload)
+            heard.put_nowait((topic, payload))
+
+    cfg = SessionConfig(url, "mallory", subscriptions=(topics.update_all,))
+    async with Session(cfg, on_message) as s:
+        while not stop.is_set():
+            try:
+                topic, payload = await asyncio.wait_for(heard.get(), 0.2)
+            except TimeoutError:
+                continue
+            try:  # status messages share the wildcard
+                chunk = decode(payload, expect=TensorChunk)
+            except CodecError:
+                continue
+            await s.publish(topic, payload)
+            key = (chunk.round, chunk.sender)
+            replayed[key] = replayed.get(key, 0) + 1
+    return replayed
+
+
+async def _two_rounds(url: str, job: str) -> CloudResult:
+    cloud = CloudNode(CloudConfig(broker=url, job=job, clients=3, rounds=2, local_epochs=1))
+    # edge-2 trains for about a second, so each round is still open when the replays of the
+    # two fast edges' chunks land (a replay after the round closed would be merely stale)
+    speeds = {"edge-0": 0.0, "edge-1": 0.0, "edge-2": 1e7}
+    edges = [
+        EdgeNode(EdgeConfig(broker=url, node_id=n, job=job, compute_flops=f))
+        for n, f in speeds.items()
+    ]
+    async with asyncio.TaskGroup() as tg:
+        for e in edges:
+            tg.create_task(e.run())
+        return await asyncio.wait_for(cloud.run(), 120)
+
+
+async def test_a_replayed_chunk_is_counted_duplicate_and_the_model_is_unchanged(
+    broker_url: str,
+) -> None:
+    clean = await _two_rounds(broker_url, "dup-clean")
+    stop = asyncio.Event()
+    attacker = asyncio.create_task(_replayer(broker_url, "dup", stop))
+    await asyncio.sleep(0.3)  # subscribed before the first round's chunks
+    result = await _two_rounds(broker_url, "dup")
+    stop.set()
+    replayed = await attacker
+    for rnd in (1, 2):  # the replays were really sent, for each fast edge in each round
+        assert replayed.get((rnd, "edge-0"), 0) >= 1 and replayed.get((rnd, "edge-1"), 0) >= 1
+    for ours, theirs in zip(result.records, clean.records, strict=True):
+        # each fast edge's chunks came twice while the round waited for edge-2: once accepted,
+        # then duplicate; every accepted chunk is one the clean run accepted too
+        assert ours.counters["duplicate"] >= 2, ours.counters
+        assert ours.counters["accepted"] == theirs.counters["accepted"]
+        assert ours.participants == theirs.participants == ("edge-0", "edge-1", "edge-2")
+    # edge-2's chunk is always last, and a + b == b + a: the aggregate is bit-identical
+    np.testing.assert_array_equal(result.final_flat, clean.final_flat)

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,6 +81,9 @@ def test_one_client_full_participation_equals_local_training() -> None:
         local = train_local("mlp", flat, data, cfg, seed=rnd).flat
         agg = FedAvgAggregator(flat)
         delta = local - flat
+        # each round moves the model by far more than the tolerance below, so matching local
+        # training within it is not the trivial match of two unmoved models
+        assert np.abs(delta).max() > 1000 * 1e-6
         for off in range(0, delta.size, 4 * ALIGN):  # streamed in chunks, as on the wire
             agg.add("only", off, delta[off : off + 4 * ALIGN], weight=len(data))
         flat_next = agg.result()
@@ -89,7 +91,6 @@ def test_one_client_full_participation_equals_local_training() -> None:
         flat = flat_next
     # and the trained model really moved
     assert not np.allclose(flat, get_flat(model))
-    assert torch.get_num_threads() >= 1
 
 
 def test_selection_is_seeded_sorted_and_respects_minimum() -> None:
