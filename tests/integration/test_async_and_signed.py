@@ -50,7 +50,10 @@ async def test_async_mode_never_waits_for_the_slow_edge_and_rejects_too_stale_up
     # within the bound; every later one is several versions old.
     assert sum("edge-2" in r.participants for r in result.records) <= 1
     assert edges[2].updates_sent >= 1 and edges[2].dropped_late == 0  # async: never "late"
-    assert result.final_accuracy > 0.3
+    # With K = 1 each step applies one non-IID edge's update, so accuracy swings by +-0.2 from
+    # step to step (the final one measured 0.23-0.74 over 7 runs). The mean of the last 10 steps
+    # measured 0.58-0.71 over 4 runs; chance is 0.1.
+    assert float(np.mean([r.accuracy for r in result.records[-10:]])) > 0.45
 
 
 async def _forger(url: str, job: str, victim: str, stop: asyncio.Event) -> list[int]:
@@ -164,4 +167,4 @@ async def test_async_resumes_from_its_checkpoint(amqtt_url: str, tmp_path: Path)
         result = await asyncio.wait_for(cloud().run(), 120)
     assert result.resumed_from >= 3
     assert [r.version for r in result.records] == list(range(1, 9))  # no step lost or doubled
-    assert result.final_accuracy > 0.3
+    assert result.final_accuracy > 0.8  # measured 0.8997 in 3 of 3 runs; chance is 0.1
