@@ -117,7 +117,12 @@ async def test_a_shaped_fleet_meets_its_estimate_and_bound(tmp_path: Path) -> No
     bounds, seconds = summary["round_bound_seconds"], summary["round_seconds"]
     assert len(bounds) == len(seconds) == 3
     # LTE-M at 1 Mb/s bounds the round: a real run cannot beat the bound, nor lag it far.
+    # Measured 1.10-1.12x in round 1 (the full-model fetch) and 1.04-1.10x after, over 12 runs
+    # on a shared 2-core machine at load average up to 4.5; 1.3x leaves room for a busier one
+    # (docs/benchmarks.md, link-bound efficiency).
     assert all(b > 0.2 for b in bounds)
-    assert all(0.95 * b <= s <= 1.6 * b for s, b in zip(seconds, bounds, strict=True))
+    assert all(0.95 * b <= s <= 1.3 * b for s, b in zip(seconds, bounds, strict=True)), [
+        s / b for s, b in zip(seconds, bounds, strict=True)
+    ]
     assert (out / "bytes.png").stat().st_size > 10_000
     assert (out / "round_time.png").stat().st_size > 10_000
