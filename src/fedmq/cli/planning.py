@@ -244,7 +244,7 @@ def _plan_estimate(setup: Setup, round_timeout: float, host: HostSpeed) -> Estim
         mode=cfg.mode,
         prox_mu=cfg.prox_mu,
     )
-    strategy = FedAvg(fraction=cfg.fraction, min_clients=cfg.min_fit)
+    strategy = make_strategy(cfg)  # the cloud's own rule, so its own sampling
     rng = np.random.default_rng(cfg.seed)  # the cloud's sampling, replayed
 
     def select(rnd: int, online: Sequence[str]) -> tuple[str, ...]:
