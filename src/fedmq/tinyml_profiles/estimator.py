@@ -82,6 +82,7 @@ class Estimate:
     teardown_down: int
     update_bytes: dict[str, int] = field(default_factory=dict)  # per edge, one update
     model_bytes: int = 0  # one global model, payloads only
+    host_flops: float = 0.0  # the host speed the time bounds assumed (Plan.host_flops)
 
     @property
     def bytes_up(self) -> int:
@@ -127,7 +128,7 @@ class Estimate:
             rounds, int(state["setup_up"]), int(state["setup_down"]),
             int(state["teardown_up"]), int(state["teardown_down"]),
             {str(k): int(v) for k, v in state["update_bytes"].items()},
-            int(state["model_bytes"]),
+            int(state["model_bytes"]), float(state.get("host_flops", 0.0)),
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
@@ -154,6 +155,7 @@ class Estimate:
             "teardown_bytes_down": self.teardown_down,
             "update_bytes": self.update_bytes,
             "model_bytes": self.model_bytes,
+            "host_flops": self.host_flops,
         }
 
 
@@ -389,8 +391,9 @@ def estimate(
         }
     model_bytes = sum(len(encode(c)) for c in model_tmpl)
     return Estimate(
-        tuple(rounds), setup_up, setup_down, teardown_up, teardown_down, update_bytes, model_bytes
-    )
+        tuple(rounds), setup_up, setup_down, teardown_up, teardown_down, update_bytes,
+        model_bytes, plan.host_flops,
+    )  # fmt: skip
 
 
 def _chain_rounds(
