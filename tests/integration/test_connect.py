@@ -182,3 +182,19 @@ async def test_a_listener_that_never_answers_is_reported_and_its_sockets_closed(
         f"t-mute: no connection to {url} after 1.5 s (no MQTT answer in time)"
     )
     assert reports and reports[0].endswith("(no MQTT answer in time)")
+
+
+def test_run_on_an_external_broker_connects_before_its_banner(
+    amqtt_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedmq.cli.main import main
+
+    code = main(["run", "--broker", amqtt_url, "--rounds", "1", "--clients", "2",
+                 "--local-epochs", "1", "--out", str(tmp_path / "run"), "--quiet"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == [f"fedmq run: connecting to {amqtt_url} ...",
+                         f"fedmq run: connected to {amqtt_url}"]  # fmt: skip
+    assert lines[2].startswith("fedmq run: 2 edges, 1 rounds,")
+    assert (tmp_path / "run" / "summary.json").exists()
