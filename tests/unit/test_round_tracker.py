@@ -149,6 +149,7 @@ def test_two_chunks_at_offset_0_are_malformed_before_their_values_reach_the_aggr
         ((1, A, A), (0, 0, 2 * A)),  # index 0 over index 1, arriving second
         ((2, 2 * A, A), (0, A, 2 * A)),  # index 0 over index 2 (not neighbours)
     ],
+    ids=["same-offset", "inside", "index0-over-index1", "index0-over-index2"],
 )
 def test_any_overlap_is_malformed(
     first: tuple[int, int, int], second: tuple[int, int, int]
@@ -227,6 +228,7 @@ def test_the_same_index_over_another_slice_is_malformed_not_a_duplicate() -> Non
         ({"role": "delta", "num_samples": 0}, Verdict.UNEXPECTED),
         ({"role": "model", "num_samples": 0}, Verdict.UNEXPECTED),
     ],
+    ids=["round-4", "round-6", "version-3", "version-5", "job", "role-delta", "role-model"],
 )
 def test_chunks_of_another_round_version_job_or_role_never_count(
     change: dict[str, Any], verdict: Verdict
@@ -279,6 +281,7 @@ def test_without_keys_unsigned_chunks_count() -> None:
         {"count": 3},  # chunk 1 says the update has 3 chunks, chunk 0 said 2
         {"num_samples": 11},  # chunk 1 claims another FedAvg weight
     ],
+    ids=["count", "num_samples"],
 )
 def test_chunks_of_one_update_must_agree_on_count_and_samples(later: dict[str, Any]) -> None:
     t = tracker()
@@ -298,6 +301,7 @@ def test_chunks_of_one_update_must_agree_on_count_and_samples(later: dict[str, A
         {"num_samples": 0},  # an update without weight
         {"num_samples": 101},  # more samples than any edge holds (max_samples=100 here)
     ],
+    ids=["total-3A", "total-5A", "num_samples-0", "num_samples-101"],
 )
 def test_headers_that_do_not_fit_the_round_are_malformed(change: dict[str, Any]) -> None:
     t = tracker(max_samples=100)
