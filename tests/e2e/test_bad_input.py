@@ -121,6 +121,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("report", ("{tmp}",)),  # no rounds.jsonl
     ("report", ("{empty_run}",)),  # interrupted before its first round
     ("report", ("{garbled_run}",)),  # a line in the middle is not JSON
+    ("report", ("{started_run}",)),  # killed before round 1: config.json, no rounds.jsonl
     ("report", ()),
     ("keys", ("{tmp}/keys",)),  # no --device
     ("keys", ("{tmp}/keys", "--device", "a/b")),
@@ -158,12 +159,15 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     empty = tmp / "empty_run"
     empty.mkdir()
     (empty / "rounds.jsonl").write_text("")
+    started = tmp / "started_run"
+    started.mkdir()
+    (started / "config.json").write_text("{}\n")
     garbled = tmp / "garbled_run"
     garbled.mkdir()
     (garbled / "rounds.jsonl").write_text('{"round": 1}\nnot json\n{"round": 3}\n')
     return {"tmp": str(tmp), "file": str(tmp / "file"), "ro": str(ro),
             "missing": str(tmp / "missing"), "empty_run": str(empty),
-            "garbled_run": str(garbled)}  # fmt: skip
+            "garbled_run": str(garbled), "started_run": str(started)}  # fmt: skip
 
 
 @pytest.fixture

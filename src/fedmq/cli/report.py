@@ -19,6 +19,8 @@ def report(run_dir: Path) -> int:
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such folder")
     if not (run_dir / "rounds.jsonl").exists():
+        if (run_dir / "config.json").exists():  # written at the start, rounds.jsonl per round
+            raise ConfigError(f"{run_dir}: the run stopped before its first round finished")
         raise ConfigError(f"{run_dir} is not a run directory (no rounds.jsonl)")
     try:
         rows = read_rounds(run_dir / "rounds.jsonl")
