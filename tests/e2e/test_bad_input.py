@@ -313,3 +313,12 @@ def test_report_of_a_cloud_run_lists_its_rounds(
     code, out, err = call(["report", str(tmp_path)], capsys)
     assert code == 0, err
     assert "round 1  acc 0.8000  in 2.0 KiB  out 1.0 KiB  2/2 edges" in out
+
+
+def test_the_default_run_folder_is_checked_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/proc")  # runs/ cannot be made here, not even by root
+    code, _, err = call(["run", "--rounds", "1"], capsys)
+    assert code == 2
+    assert err.startswith("fedmq run: error: --out (default) runs: cannot write in /proc")

@@ -201,3 +201,5 @@ def run_config(cfg: RunConfig, *, writes: bool) -> None:
             raise ConfigError(f"--head-only {cfg.head_only} is more than the fleet's {edges} edges")
     if writes and cfg.out:
         writable_dir("--out", cfg.out)
+    elif writes:  # the default, runs/TIME-JOB, lies under the current folder
+        writable_dir("--out (default)", "runs")
