@@ -146,7 +146,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     """The resolved config, every value checked (no torch, no network) before anything starts."""
     flags = {name: getattr(args, name, None) for name in FIELDS}
     cfg = resolve(args.config, flags)
-    checks.run_config(cfg, writes=args.command in WRITES_OUT)
+    compares_only = getattr(args, "no_federated", False) or getattr(args, "federated", None)
+    checks.run_config(cfg, writes=args.command in WRITES_OUT and not compares_only)
     return cfg
 
 
@@ -230,7 +231,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     reach_broker("cloud", cfg.broker, _identity(args), args.connect_timeout)
     from pathlib import Path
 
-    from fedmq.cli.output import human_bytes
+    from fedmq.cli.output import departed_note, human_bytes
     from fedmq.cli.planning import cloud_config, make_strategy
     from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json, write_jsonl
     from fedmq.cloud_node import CloudNode, RoundRecord
@@ -260,7 +261,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         print(
             f"round {r.round}/{cfg.rounds}  acc {r.accuracy:.4f}  "
             f"in {human_bytes(r.cloud_received)}  out {human_bytes(r.cloud_sent)}  "
-            f"{len(r.participants)}/{len(r.selected)} edges  {r.seconds:.1f}s",
+            f"{len(r.participants)}/{len(r.selected)} edges  {r.seconds:.1f}s"
+            f"{departed_note(r.departed)}",
             flush=True,
         )
 
