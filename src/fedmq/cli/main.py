@@ -176,7 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup = prepare(cfg)  # the data, its split, the fleet's memory and payload checks
     cfg = setup.cfg  # --clients and --max-payload as the fleet sets them
     log.info("resolved config: %s", cfg.as_dict())
-    progress = Progress(cfg.rounds)
+    # The streams as they are now: output.py's defaults are bound when it is first imported.
+    progress = Progress(cfg.rounds, sys.stdout, mode=cfg.mode)
     broker = cfg.broker or "an embedded broker"
     edges = f"{cfg.clients} edges" + (f" (fleet {cfg.fleet})" if cfg.fleet else "")
     progress.header(
@@ -186,12 +187,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary, out = asyncio.run(
         run_federated(cfg, on_round=None if args.quiet else progress, setup=setup)
     )
-    summary_table(summary, str(out))
+    summary_table(summary, str(out), sys.stdout)
     if not args.quiet:
         from fedmq.cli.output import comparison_table
         from fedmq.cli.plots import load_run
 
-        comparison_table(load_run(out)[0], summary)
+        comparison_table(load_run(out)[0], summary, sys.stdout)
     return 0
 
 

@@ -7,6 +7,7 @@ listed, in one line each, instead of a traceback from the plots that need what t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def report(run_dir: Path) -> int:
         rows, summary, _ = load_run(run_dir)
     except ValueError as exc:  # JSONDecodeError: a summary cut short
         raise ConfigError(f"{run_dir}: unreadable summary.json or estimate.json ({exc})") from None
-    comparison_table(rows, summary)
+    comparison_table(rows, summary, sys.stdout)  # not the stdout of import time
     for path in write_plots(run_dir):
         print(f"wrote {path}")
     return 0
