@@ -83,10 +83,11 @@ def test_estimate_within_3_percent_each_way(runs: dict[str, Path], name: str) ->
 
 
 def test_async_smaller_buffer_misses_only_by_the_extra_updates(runs: dict[str, Path]) -> None:
-    """With --buffer-size below the edges, the cloud's step takes every update pending when it
-    gets to run, not exactly K (cloud_node/asynchronous.py): how many that is depends on timing,
-    so no estimate made beforehand can know it. The estimate counts K a step plus one in flight
-    per edge at the end; the uplink must miss by exactly the updates beyond that, no more."""
+    """With --buffer-size below the edges, each step applies exactly K updates, but every free
+    edge trains on each new version, so how many updates the edges send in R steps (beyond the
+    K a step they must) depends on timing: no estimate made beforehand can know it. The
+    estimate counts K a step plus one in flight per edge at the end; the uplink must miss by
+    exactly the updates beyond that, no more."""
     run = runs["async buffer 2"]
     s = _summary(run)
     est = json.loads((run / "estimate.json").read_text())

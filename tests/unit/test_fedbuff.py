@@ -160,3 +160,30 @@ def test_defaults() -> None:
         FedBuffer(size=1, config=cfg).offer("a", 0, -1, v(1), 1)
     with pytest.raises(ValueError, match="size"):
         FedBuffer(size=0, config=cfg)
+
+
+def test_a_step_applies_exactly_k_and_later_arrivals_wait_their_turn() -> None:
+    """Updates accepted while the buffer is full are not folded into this step: each step's
+    size is K, whatever the cloud was busy with when they came."""
+    buf = filled()
+    assert buf.offer("c", 5, 5, v(3, 3, 3), 10) == (Offer.ACCEPTED, 1.0)
+    assert buf.ready and buf.filled == 3
+    assert buf.offer("d", 5, 5, v(100, 100, 100), 10) == (Offer.ACCEPTED, 1.0)  # waits
+    assert buf.offer("d", 5, 5, v(1, 1, 1), 10) == (Offer.DUPLICATE, 0.0)  # waiting counts
+    assert buf.filled == 3 and buf.pending == 4 and buf.samples == 40
+    # 0.5 * (10*(2,0,-4) + 0.5*20*(4,4,0) + 10*(3,3,3)) / 40: d's 100s are not in it
+    np.testing.assert_allclose(buf.flush(), [1.125, 0.875, -0.125], rtol=1e-6)
+    assert buf.filled == 1 and not buf.ready and buf.samples == 10
+    np.testing.assert_allclose(buf.flush(), [50, 50, 50], rtol=1e-6)  # d, in the next step
+
+
+def test_a_smaller_capacity_caps_the_step_and_a_checkpoint_keeps_the_waiting() -> None:
+    buf = FedBuffer(size=3, config=CFG)
+    for name in "abc":
+        buf.offer(name, 5, 5, v(1, 2, 3), 10, capacity=2)
+    assert buf.filled == 2 and buf.pending == 3
+    state = buf.state()  # the waiting update is folded in, not lost
+    again = FedBuffer(size=3, config=CFG)
+    again.load_state(state)
+    assert again.filled == 3
+    np.testing.assert_allclose(again.flush(), [0.5, 1, 1.5], rtol=1e-6)

@@ -81,8 +81,9 @@ class AsyncLoop:
             self.buffer.counters.duplicate += 1
             return
         verdict, weight = self.buffer.offer(
-            chunk.sender, chunk.version, self.version, delta, chunk.num_samples
-        )
+            chunk.sender, chunk.version, self.version, delta, chunk.num_samples,
+            capacity=self._k(),
+        )  # fmt: skip
         if verdict is Offer.ACCEPTED:
             self.contributors.append(chunk.sender)
             self.staleness.append(self.version - chunk.version)
@@ -90,10 +91,12 @@ class AsyncLoop:
         if self._full():
             self.ready.set()
 
-    def _full(self) -> bool:
+    def _k(self) -> int:
         # Each edge trains once per version, so K above the joined edges would wait forever.
-        k = min(self.buffer.config.buffer_size, max(1, len(self.node.ready)))
-        return self.buffer.pending >= k
+        return min(self.buffer.config.buffer_size, max(1, len(self.node.ready)))
+
+    def _full(self) -> bool:
+        return self.buffer.filled >= self._k()
 
     async def run(
         self,
@@ -125,10 +128,10 @@ class AsyncLoop:
                     self.presence_changed.clear()
                     await self._publish_task()  # who is online changed: tell them to train
                 self.ready.clear()
-            samples = self.buffer._samples
-            contributors, stale = self.contributors, self.staleness
-            self.contributors, self.staleness = [], []
-            change = self.buffer.flush()
+            samples, applied = self.buffer.samples, self.buffer.filled
+            contributors, stale = self.contributors[:applied], self.staleness[:applied]
+            del self.contributors[:applied], self.staleness[:applied]
+            change = self.buffer.flush(self._k())
             flat = (
                 optimizer.step(flat, change) if optimizer is not None else flat + change
             ).astype(np.float32)

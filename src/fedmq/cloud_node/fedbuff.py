@@ -11,7 +11,8 @@ this order:
 5. ACCEPTED   added to the buffer with staleness weight s(tau) (see `staleness`)
 
 Once `buffer_size` (K) updates are accepted the buffer is `ready`, and `flush()` returns the
-aggregate delta, in float32,
+aggregate delta of exactly those K (updates accepted meanwhile wait for the next step, so a
+step's size never depends on how busy the cloud was), in float32,
 
     flush() = server_lr * sum_i(s(tau_i) * n_i * delta_i) / sum_i(n_i)
 
@@ -21,7 +22,8 @@ weights are not renormalized: a buffer of stale updates moves the model less, as
 (server_lr / K) * sum_i(s(tau_i) * delta_i), which this is when every n_i is equal. The caller
 adds the aggregate to the model (or hands it to a `ServerOptimizer`) and bumps the version.
 
-Memory: one float64 accumulator of the model's size, not one vector per update.
+Memory: one float64 accumulator of the model's size, plus one vector per update that arrives
+while the buffer is full (at most one per edge and base version).
 """
 
 from __future__ import annotations
@@ -93,15 +95,28 @@ class FedBuffer:
         self._sum = np.zeros(size, dtype=np.float64)  # sum_i s_i n_i delta_i
         self._samples = 0.0  # sum_i n_i
         self._keys: list[tuple[str, int]] = []  # (client, base version) in the buffer
+        # Accepted while the buffer was already full: each waits, whole, for a later step, so
+        # that every step applies exactly K updates however fast they arrive.
+        self._queue: list[tuple[str, int, np.ndarray, float]] = []
 
     @property
     def pending(self) -> int:
-        """Updates accepted since the last flush."""
+        """Updates accepted and not yet applied (in the buffer or waiting for the next one)."""
+        return len(self._keys) + len(self._queue)
+
+    @property
+    def filled(self) -> int:
+        """Updates in the buffer, the ones the next `flush` applies."""
         return len(self._keys)
 
     @property
+    def samples(self) -> float:
+        """Sum of the claimed samples of the updates in the buffer."""
+        return self._samples
+
+    @property
     def ready(self) -> bool:
-        return self.pending >= self.config.buffer_size
+        return self.filled >= self.config.buffer_size
 
     def offer(
         self,
@@ -110,8 +125,13 @@ class FedBuffer:
         current_version: int,
         delta: np.ndarray,
         num_samples: int,
+        *,
+        capacity: int | None = None,
     ) -> tuple[Offer, float]:
-        """Judge one update and, if accepted, add it; (verdict, staleness weight or 0)."""
+        """Judge one update and, if accepted, add it; (verdict, staleness weight or 0).
+
+        With the buffer holding `capacity` (default K) updates already, an accepted update
+        waits in arrival order for the buffer after the next `flush`."""
         if current_version < 0:
             raise ValueError(f"current_version must be >= 0, got {current_version}")
         verdict = self._judge(client, base_version, current_version, delta, num_samples)
@@ -119,10 +139,18 @@ class FedBuffer:
         if verdict is not Offer.ACCEPTED:
             return verdict, 0.0
         weight = self.staleness.weight(current_version - base_version)
-        self._sum += (weight * num_samples) * np.asarray(delta, dtype=np.float64)
-        self._samples += num_samples
-        self._keys.append((client, base_version))
+        values = np.asarray(delta, dtype=np.float64)
+        if self._queue or len(self._keys) >= (capacity or self.config.buffer_size):
+            self._queue.append((client, base_version, (weight * num_samples) * values,
+                                float(num_samples)))  # fmt: skip
+        else:
+            self._add(client, base_version, (weight * num_samples) * values, num_samples)
         return verdict, weight
+
+    def _add(self, client: str, base: int, weighted: np.ndarray, num_samples: float) -> None:
+        self._sum += weighted
+        self._samples += num_samples
+        self._keys.append((client, base))
 
     def _judge(
         self, client: str, base: int, current: int, delta: np.ndarray, num_samples: int
@@ -131,7 +159,9 @@ class FedBuffer:
             return Offer.FUTURE
         if current - base > self.config.max_staleness:
             return Offer.TOO_STALE
-        if (client, base) in self._keys:
+        if (client, base) in self._keys or any(
+            (c, b) == (client, base) for c, b, _, _ in self._queue
+        ):
             return Offer.DUPLICATE
         values = np.asarray(delta)
         if base < 0 or num_samples < 1 or values.shape != (self.size,):
@@ -140,18 +170,29 @@ class FedBuffer:
             return Offer.BAD
         return Offer.ACCEPTED
 
-    def flush(self) -> np.ndarray:
-        """The aggregate delta (float32, see the module docstring); empties the buffer."""
+    def flush(self, capacity: int | None = None) -> np.ndarray:
+        """The aggregate delta (float32, see the module docstring) of the updates in the
+        buffer; then refills it, up to `capacity` (default K), from those waiting."""
         if not self._keys:
             raise RuntimeError("flush of an empty FedBuff buffer")
         out = (self.config.server_lr * self._sum / self._samples).astype(np.float32)
         self._sum[:] = 0.0
         self._samples = 0.0
         self._keys.clear()
+        room = capacity or self.config.buffer_size
+        while self._queue and len(self._keys) < room:
+            client, base, weighted, num_samples = self._queue.pop(0)
+            self._add(client, base, weighted, num_samples)
         return out
 
     def state(self) -> dict[str, np.ndarray]:
-        """Arrays for a checkpoint: the pending sum and who is in it, and the counters."""
+        """Arrays for a checkpoint: the pending sum and who is in it, and the counters.
+
+        Updates waiting for a later buffer are folded into this one: after a restart the first
+        step may apply more than K updates, but none is lost."""
+        while self._queue:
+            client, base, weighted, num_samples = self._queue.pop(0)
+            self._add(client, base, weighted, num_samples)
         return {
             "sum": self._sum.copy(),
             "samples": np.array(self._samples, dtype=np.float64),
