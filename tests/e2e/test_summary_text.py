@@ -28,6 +28,9 @@ def test_a_chain_run_says_it_sent_the_full_model_every_hop(tmp_path: Path) -> No
     assert len(sent) == 2, stdout
     assert all("full model in fp32+zstd, every hop" in line for line in sent)
     assert "delta" not in stdout
+    # summary.json says the same, and names no delta codec chain never used
+    assert "every hop" in summary["sent_up"] and "every hop" in summary["sent_down"]
+    assert "delta_codec" not in summary
     # Each of the 3 edges receives and passes on one ~31 KiB model per pass.
     assert summary["bytes_up"] >= 2 * 3 * 28 * 1024
 
@@ -37,3 +40,5 @@ def test_a_loopback_run_holds_round_times_to_no_bound(tmp_path: Path) -> None:
     assert "link-limited bound: median" not in stdout
     assert "round time: median" in stdout and "(no link emulation" in stdout
     assert "every round's change in int8+zstd" in stdout and " MB" not in stdout
+    summary = json.loads((tmp_path / "bare" / "summary.json").read_text())
+    assert "every round's change in int8+zstd" in summary["sent_down"]

@@ -18,6 +18,7 @@ from typing import Any
 
 from fedmq.broker import BrokerConfig, EmbeddedBroker
 from fedmq.cli.config import RunConfig
+from fedmq.cli.output import what_was_sent
 from fedmq.cli.planning import (
     Setup,
     cloud_config,
@@ -136,7 +137,7 @@ async def run_federated(
                 "naive_bytes": r_est.naive_bytes, "participants": record.participants,
                 "selected": record.selected, "quorum_met": record.quorum_met,
                 "num_samples": record.num_samples, "counters": record.counters,
-                "client_metrics": record.client_metrics,
+                "client_metrics": record.client_metrics, "departed": record.departed,
             }  # fmt: skip
             measured.append(row)
             append_jsonl(out / "rounds.jsonl", row)
@@ -198,6 +199,9 @@ async def run_federated(
         "round_seconds": [r["round_seconds"] for r in measured],
         "round_bound_seconds": [r["bound_seconds"] for r in measured],
     }
+    summary["sent_up"], summary["sent_down"] = what_was_sent(summary)
+    if cfg.mode == "chain":  # chained hops carry the full model: no delta is ever sent
+        del summary["delta_codec"]
     write_json(out / "summary.json", summary)
     write_plots(out)
     return summary, out

@@ -61,9 +61,9 @@ def what_was_sent(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 class Progress:
-    def __init__(self, rounds: int, stream: TextIO = sys.stdout, *, mode: str = "sync") -> None:
+    def __init__(self, rounds: int, stream: TextIO | None = None, *, mode: str = "sync") -> None:
         self.rounds = rounds
-        self.stream = stream
+        self.stream = stream or sys.stdout  # looked up per call: callers may swap sys.stdout
         self.width = len(str(rounds))
         self.step = step_name(mode)
 
@@ -84,7 +84,8 @@ class Progress:
         )
 
 
-def summary_table(summary: dict[str, Any], out: str, stream: TextIO = sys.stdout) -> None:
+def summary_table(summary: dict[str, Any], out: str, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
     rows = [
         ("final accuracy", f"{summary['final_accuracy']:.4f}"),
         ("rounds", str(summary["rounds"])),
@@ -109,9 +110,10 @@ def summary_table(summary: dict[str, Any], out: str, stream: TextIO = sys.stdout
 
 
 def comparison_table(
-    rows: list[dict[str, Any]], summary: dict[str, Any], stream: TextIO = sys.stdout
+    rows: list[dict[str, Any]], summary: dict[str, Any], stream: TextIO | None = None
 ) -> None:
     """Measured against fedmq's estimate and the naive W x C x R, per direction, and time."""
+    stream = stream or sys.stdout
     if "estimated_bytes_up" not in summary:
         return
     print("  traffic      measured       fedmq estimate (error)    naive W x C x R (error)",
