@@ -76,6 +76,8 @@ HELP = {
 # Run settings `fedmq cloud` has no use for: the edges bring their own profiles, threads and
 # head-only training; the estimator's run-ahead is `fedmq run`'s.
 CLOUD_SKIP = ("fleet", "head_only", "threads", "sample_rounds")
+# An estimate runs nothing: it writes no run directory and talks to no broker.
+ESTIMATE_SKIP = ("out", "broker")
 # Commands that write a run directory, so --out must be writable before they start.
 WRITES_OUT = ("run", "cloud", "centralized")
 
@@ -593,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("estimate", help="bytes and time of a run, before running it")
-    _add_run_flags(p)
+    _add_run_flags(p, skip=ESTIMATE_SKIP)
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.add_argument(
         "--host-speed", type=float, default=None, metavar="FLOP/S",
