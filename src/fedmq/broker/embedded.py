@@ -19,6 +19,7 @@ from typing import Any
 from fedmq.errors import BrokerError, ConfigError, FedmqError
 from fedmq.security import Acl, PasswordFile
 from fedmq.transport.framing import PacketGuard
+from fedmq.transport.nodelay import stream_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class EmbeddedBroker:
         if task is not None:
             self._handlers.add(task)
         self.connections += 1
+        stream_nodelay(writer)
         guarded = _GuardedReader(reader, writer, PacketGuard(self.config.max_packet), self._reject)
         try:
             await self._broker.external_connected(guarded, StreamWriterAdapter(writer), _LISTENER)

@@ -41,6 +41,7 @@ from fedmq.codec import (
 from fedmq.errors import CodecError, ConfigError
 from fedmq.security.keys import load_trusted
 from fedmq.transport import ByteMeter, Session, SessionConfig, Topics
+from fedmq.transport.trace import mark
 from fedmq.workloads import Dataset, build_model, evaluate, get_flat, layout, load_dataset
 from fedmq.workloads.drift import DriftSpec
 
@@ -322,6 +323,7 @@ class CloudNode:
             return
         verdict = tracker.offer(chunk, node)
         if verdict is Verdict.ACCEPTED and node in tracker.completed:
+            mark(node, "update_in", tracker.round)
             log.info(
                 "round %d: update of %s complete (%d of %d)",
                 tracker.round, node, len(tracker.completed), len(tracker.selected),
@@ -541,9 +543,13 @@ class CloudNode:
         self._round_done.clear()
         self._tracker = tracker
         self._round_started = started
-        await self._publish_model(version, round=rnd)
+        mark(cfg.node_id, "round_start", rnd)
         task = cfg.task(round=rnd, version=version, selected=selected, attempt=self._attempt)
-        await self._publish(self.topics.task, encode(task), retain=True)
+        # Issued in order (model, delta, task) within one window of unacknowledged messages:
+        # waiting for the model's PUBACKs before sending the task cost a round trip per round,
+        # and edges already cope with a task that overtakes its delta at the broker (§11.2).
+        await self._publish_model(version, round=rnd, then=[(self.topics.task, encode(task))])
+        mark(cfg.node_id, "task_acked", rnd)
         try:
             async with asyncio.timeout(cfg.round_timeout):
                 if not tracker.done:
@@ -555,6 +561,7 @@ class CloudNode:
                 ", ".join(tracker.outstanding),
             )  # fmt: skip
         self._tracker = None
+        mark(cfg.node_id, "all_in", rnd)
         participants = tracker.completed
         needed = max(1, int(np.ceil(cfg.quorum * len(selected))))
         quorum_met = len(participants) >= needed
@@ -567,13 +574,16 @@ class CloudNode:
                 "round %d: quorum not met (%d < %d); model kept", rnd, len(participants), needed
             )
         round_seconds = time.perf_counter() - started
+        mark(cfg.node_id, "aggregated", rnd)
         loss, accuracy = await asyncio.to_thread(evaluate, cfg.model, flat, test)
+        mark(cfg.node_id, "evaluated", rnd)
         seconds = time.perf_counter() - started
         summary = RoundSummary(
             job=cfg.job, round=rnd, version=version, accuracy=accuracy, loss=loss,
             participants=participants, num_samples=tracker.num_samples, duration_s=seconds,
         )  # fmt: skip
         await self._publish(self.topics.summary, encode(summary))
+        mark(cfg.node_id, "summary_acked", rnd)
         after = self.meter.read()
         record = RoundRecord(
             round=rnd, version=version, accuracy=accuracy, loss=loss, selected=selected,
@@ -585,8 +595,11 @@ class CloudNode:
         )  # fmt: skip
         return record, flat, version
 
-    async def _publish_model(self, version: int, *, round: int) -> None:
-        """The model edges hold, retained in full, then the pending delta to it (if any)."""
+    async def _publish_model(
+        self, version: int, *, round: int, then: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """The model edges hold, retained in full, then the pending delta to it (if any), then
+        `then` (retained: the task), all in one window."""
         cfg = self.config
         held = np.empty_like(self._view)
         chunks = split_vector(
@@ -597,15 +610,15 @@ class CloudNode:
         self._view = held  # a lossy full-model codec changes what edges hold
         # Retained, so an edge that joins or falls behind gets this version whole; edges that
         # hold the previous version get only the (much smaller) delta.
-        await self._session_publish_all(
-            [(self.topics.model(i), p) for i, p in enumerate(chunks)], retain=True
-        )
-        if self._pending_delta:
-            await self._session_publish_all(
-                [(self.topics.delta(i), p) for i, p in enumerate(self._pending_delta)],
-                retain=False,
-            )
-            self._pending_delta = []
+        items = [(self.topics.model(i), p, True) for i, p in enumerate(chunks)]
+        items += [(self.topics.delta(i), p, False) for i, p in enumerate(self._pending_delta)]
+        items += [(topic, p, True) for topic, p in then or ()]
+        self._pending_delta = []
+        assert self._session is not None
+        session = self._session
+        async with asyncio.TaskGroup() as tg:
+            for topic, payload, retain in items:
+                tg.create_task(session.publish(topic, payload, retain=retain))
 
     def _prepare_delta(self, flat: np.ndarray, rnd: int, version: int) -> None:
         """Encode `flat - view` for the next round and move the view by what edges will decode."""

@@ -43,6 +43,7 @@ from fedmq.transport import (
     Step,
     Topics,
 )
+from fedmq.transport.trace import mark
 from fedmq.workloads import (
     Dataset,
     PartitionSpec,
@@ -138,6 +139,7 @@ class EdgeNode:
             timeout_s=config.model_timeout,
         )  # fmt: skip
         self._wake = asyncio.Event()
+        self._missed_deltas = False  # reconnected since we last held the current version
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._last_round = 0
@@ -206,6 +208,7 @@ class EdgeNode:
 
     def _on_task(self, task: RoundTask) -> None:
         if task.job == self.config.job and (self._task is None or task != self._task):
+            mark(self.config.node_id, "task_in", task.round)
             self._task = task
             self._wake.set()
 
@@ -218,7 +221,10 @@ class EdgeNode:
             self._wake.set()
 
     def _on_delta_chunk(self, chunk: TensorChunk) -> None:
-        if self._follow.on_delta(chunk, time.monotonic()) is not Step.NONE:
+        step = self._follow.on_delta(chunk, time.monotonic())
+        if step is Step.APPLIED:
+            mark(self.config.node_id, "delta_in", chunk.round)
+        if step is not Step.NONE:
             self._wake.set()  # applied, or a gap: _step fetches the full model
 
     def _on_chain_chunk(self, chunk: TensorChunk) -> None:
@@ -431,9 +437,17 @@ class EdgeNode:
         """
         if session.reconnects != self._reconnects_seen:  # a new connection has no such topic
             self._reconnects_seen, self._full_wanted = session.reconnects, False
+            # Deltas published while we were away are gone (a restarted broker keeps nothing):
+            # until we hold the current version again, only the full model helps.
+            self._missed_deltas = self._model is not None
+        if self._missed_deltas and task is not None and self._model is not None:
+            self._missed_deltas = self._model[0] < task.version
         # One version behind: that round's delta is on its way (the broker may deliver the task
-        # first). Further behind, or no model at all: only the full model helps.
-        behind = self._model is None or (task is not None and self._model[0] < task.version - 1)
+        # first). Further behind, or no model at all: only the full model helps. Not before
+        # the first task: a broker that served an earlier run of this job still holds that
+        # run's final model retained, and fetching it too doubled the first round's downlink.
+        lag = 0 if self._missed_deltas else 1
+        behind = task is not None and (self._model is None or self._model[0] < task.version - lag)
         if behind and not self._full_wanted:
             self._full_wanted = await session.subscribe(self.topics.model_all)
         elif (
@@ -479,7 +493,9 @@ class EdgeNode:
             )  # fmt: skip
         started = time.monotonic()
         async with self._slots or contextlib.nullcontext():
+            mark(self.config.node_id, "train_start", task.round)
             result = await asyncio.to_thread(train_local, job.model, base, data, cfg, seed=seed)
+        mark(self.config.node_id, "train_end", task.round)
         elapsed = time.monotonic() - started
         compute_seconds = await self._emulate_compute(job, data, result.num_samples, cfg, elapsed)
         # Sync: the round closed without us. Async: an update is never late, only stale, and
@@ -501,8 +517,10 @@ class EdgeNode:
                 self._feedback = ErrorFeedback(delta.size)
             delta = self._feedback.compensate(delta)
             decoded = np.empty_like(delta)
-        payloads = split_vector(
-            delta, spec, max_payload=job.max_payload, job=job.job,
+        # Encoding (zstd, digests: both release the GIL) in a worker thread, so the event loop
+        # that carries every node's traffic in `fedmq run` keeps moving meanwhile.
+        payloads = await asyncio.to_thread(
+            split_vector, delta, spec, max_payload=job.max_payload, job=job.job,
             sender=self.config.node_id, role="update", round=task.round, version=task.version,
             num_samples=result.num_samples, rng=np.random.default_rng(seed), decoded=decoded,
             metrics={"loss": result.loss, "accuracy": result.accuracy,
@@ -513,7 +531,9 @@ class EdgeNode:
             self._feedback.update(decoded)
         topic = self.topics.update(self.config.node_id)
         self._sent = (task.round, task.attempt, payloads)
+        mark(self.config.node_id, "encoded", task.round)
         await session.publish_all([(topic, p) for p in payloads])
+        mark(self.config.node_id, "update_acked", task.round)
         self.rounds_trained += 1
         self.updates_sent += 1
         if self.first_update_version is None:

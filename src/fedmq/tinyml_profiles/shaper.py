@@ -17,6 +17,7 @@ from types import TracebackType
 
 from fedmq.tinyml_profiles.profiles import LinkProfile
 from fedmq.transport import ByteMeter
+from fedmq.transport.nodelay import stream_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class LinkShaper:
             writer.close()
             return
         self.stats.connections += 1
+        stream_nodelay(writer)  # both legs: a relay must not add Nagle stalls of its own
+        stream_nodelay(up_writer)
         handler = asyncio.current_task()
         if handler is not None:
             self._handlers.add(handler)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ import aiomqtt
 from fedmq.errors import ConfigError, FedmqError, TransportError
 from fedmq.transport.framing import PacketGuard
 from fedmq.transport.meter import ByteMeter
+from fedmq.transport.nodelay import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ class Session:
             tls_context=self._tls,
         )
         self._install_meter(client)
+        _install_nodelay(client)
         return client
 
     def _install_meter(self, client: aiomqtt.Client) -> None:
@@ -435,6 +438,20 @@ def _tls_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _install_nodelay(client: aiomqtt.Client) -> None:
+    """Open paho's TCP socket with TCP_NODELAY (before any TLS wrap): paho leaves Nagle on,
+    and a round of small messages would wait on delayed ACKs (`transport.nodelay`)."""
+    paho: Any = client._client
+    create = paho._create_socket_connection
+
+    def create_nodelay() -> socket.socket:
+        sock: socket.socket = create()
+        set_nodelay(sock)
+        return sock
+
+    paho._create_socket_connection = create_nodelay
 
 
 def _close_unfinished(client: aiomqtt.Client) -> None:
