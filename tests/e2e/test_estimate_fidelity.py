@@ -16,7 +16,7 @@ import pytest
 
 from fedmq.cli import memo
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("fidelity")]  # one module fixture
 
 BRIEF = ("--clients", "4", "--rounds", "3", "--local-epochs", "1")
 TOLERANCE_PCT = 3.0
