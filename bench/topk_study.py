@@ -36,6 +36,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
@@ -44,7 +45,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 
+from fedmq.cloud_node.fedadagrad import FedAdagrad
+from fedmq.cloud_node.fedadam import FedAdam
 from fedmq.cloud_node.fedavg import FedAvgAggregator
+from fedmq.cloud_node.fedavgm import FedAvgM
+from fedmq.cloud_node.fedyogi import FedYogi
+from fedmq.cloud_node.serveropt import ServerOptimizer, ServerSGD
+from fedmq.cloud_node.sparse import SparseAggregator
 from fedmq.codec import CodecSpec, ErrorFeedback, assemble, decode, split_vector
 from fedmq.codec.messages import TensorChunk
 from fedmq.codec.tensors import select_topk
@@ -59,10 +66,12 @@ from fedmq.workloads import (
     partition,
     train_local,
 )
+from fedmq.workloads.data import split_validation
 from fedmq.workloads.models import layout
 
 CLIENTS = 10
 MODEL = "mlp"
+VAL_FRACTION = 0.2  # tuning scores on a validation split; 0 scores on the test split
 MAX_PAYLOAD = 128 * 1024
 ROUNDS = 30
 FP32_UPLINK_30 = 11_623_466  # docs/benchmarks.md, `fedmq run`, seed 0 (socket bytes)
@@ -86,6 +95,10 @@ class Variant:
     local_epochs: int = 5
     ef_decay: float = 1.0  # residual *= ef_decay before it is added back
     dgc_mom: float = 0.0  # DGC momentum correction across rounds, with factor masking
+    # a cloud server optimizer behind the FedAvg mean, "name:lr" ("fedadam:0.01"); replaces
+    # server_lr / server_mom when set
+    server: str = ""
+    fedexp_eps: float = 0.0
     note: str = ""
 
 
@@ -131,6 +144,30 @@ VARIANTS: dict[str, Variant] = {
         Variant("ef.9", ef_decay=0.9, note="residual decays 0.9 per round"),
         Variant("dgc.5", dgc_mom=0.5, note="DGC momentum correction m=0.5 + factor masking"),
         Variant("dgc.9", dgc_mom=0.9, note="DGC momentum correction m=0.9 + factor masking"),
+        Variant("fedexp", avg="fedexp", note="FedExP extrapolated server step, eps 0"),
+        Variant("fedexp-e3", avg="fedexp", fedexp_eps=1e-3, note="FedExP, eps 1e-3"),
+        Variant("fp32-fedexp", codec="fp32", delta_codec="fp32", avg="fedexp"),
+        Variant("sparse", avg="sparse", note="the cloud's SparseFedAvg (cloud_node/sparse.py)"),
+        Variant("fp32-sparse", codec="fp32", delta_codec="fp32", avg="sparse"),
+        Variant("int8", codec="int8+zstd", note="dense int8, FedAvg"),
+        Variant("int8-sparse", codec="int8+zstd", avg="sparse", note="control: dense int8"),
+        Variant("topk2-sparse", codec="topk:0.02+int8+zstd", avg="sparse"),
+        Variant("topk5", codec="topk:0.05+int8+zstd", note="5% int8, FedAvg"),
+        Variant("topk5-sparse", codec="topk:0.05+int8+zstd", avg="sparse"),
+        Variant("topk10-sparse", codec="topk:0.1+int8+zstd", avg="sparse"),
+        Variant("cov3", avg="cov:3", note="per coordinate: mean x min(3, W / senders' W)"),
+        Variant("cov2", avg="cov:2", note="per coordinate: mean x min(2, W / senders' W)"),
+        Variant("covsqrt", avg="covsqrt", note="per coordinate: mean x sqrt(W / senders' W)"),
+        Variant("fp32-cov3", codec="fp32", delta_codec="fp32", avg="cov:3"),
+        Variant("topk10", codec="topk:0.1+int8+zstd", note="10% int8, FedAvg"),
+        Variant("topk10-fedexp", codec="topk:0.1+int8+zstd", avg="fedexp"),
+        Variant("adam.01", server="fedadam:0.01", note="FedAdam lr 0.01 behind the mean"),
+        Variant("adam.003", server="fedadam:0.003", note="FedAdam lr 0.003"),
+        Variant("yogi.01", server="fedyogi:0.01", note="FedYogi lr 0.01"),
+        Variant("adagrad.1", server="fedadagrad:0.1", note="FedAdagrad lr 0.1"),
+        Variant("adagrad.03", server="fedadagrad:0.03", note="FedAdagrad lr 0.03"),
+        Variant("fp32-adam.01", codec="fp32", delta_codec="fp32", server="fedadam:0.01"),
+        Variant("fp32-adagrad.1", codec="fp32", delta_codec="fp32", server="fedadagrad:0.1"),
     )
 }
 
@@ -147,6 +184,8 @@ class Result:
     down_payload: int = 0  # downlink payload bytes as every edge receives them (x edges)
     down_messages: int = 0
     up_by_round: list[int] = field(default_factory=list)
+    etas: list[float] = field(default_factory=list)  # avg="fedexp": the server step per round
+    sparse_chunks: int = 0  # avg="sparse": chunks the aggregator treated as sparse
     seconds: float = 0.0
 
 
@@ -187,22 +226,40 @@ def _payload_bytes(payloads: list[bytes]) -> int:
     return sum(len(p) for p in payloads)
 
 
-def simulate(v: Variant, seed: int, rounds: int) -> Result:
+def _server(v: Variant) -> ServerOptimizer | None:
+    if not v.server:
+        return None
+    name, lr = v.server.split(":")
+    makers: dict[str, Callable[..., ServerOptimizer]] = {
+        "sgd": ServerSGD, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
+        "fedavgm": FedAvgM,
+    }  # fmt: skip
+    return makers[name](lr=float(lr))
+
+
+def simulate(
+    v: Variant, seed: int, rounds: int, model: str = MODEL, val_fraction: float = VAL_FRACTION
+) -> Result:
+    """One run; accuracy is scored on the validation split (carved from the training data
+    before partitioning) when val_fraction > 0, else on the held-out test split."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     res = Result(v.name, seed, rounds)
     train, test = load_dataset("digits", seed=seed)
+    if val_fraction > 0:
+        train, test = split_validation(train, val_fraction, seed=seed)  # never the test set
+    optimizer = _server(v)
     parts = partition(train.y, CLIENTS, PartitionSpec.parse("dirichlet:0.5"), seed=seed)
     clients = [train.subset(p) for p in parts]
-    model = build_model(
-        MODEL,
+    net = build_model(
+        model,
         num_features=train.num_features,
         num_classes=train.num_classes,
         feature_shape=train.feature_shape,
         seed=seed,
     )
-    flat = get_flat(model)
-    shapes = [int(np.prod(s)) for _, s in layout(model)]
+    flat = get_flat(net)
+    shapes = [int(np.prod(s)) for _, s in layout(net)]
     view = flat.copy()  # what every edge holds
     cfg = TrainConfig(local_epochs=v.local_epochs, batch_size=32, lr=0.05, momentum=0.9)
     feedback = [ErrorFeedback(flat.size) for _ in range(CLIENTS)]
@@ -212,14 +269,17 @@ def simulate(v: Variant, seed: int, rounds: int) -> Result:
     version = 0
     for rnd in range(1, rounds + 1):
         spec = _codec_for(v, rnd)
-        agg = FedAvgAggregator(flat)
+        agg: FedAvgAggregator | SparseAggregator = (
+            SparseAggregator(flat) if v.avg == "sparse" else FedAvgAggregator(flat)
+        )
         sent_sum = np.zeros(flat.size, dtype=np.float64)  # for avg="senders"
         sent_w = np.zeros(flat.size, dtype=np.float64)
+        sq_norms = 0.0  # sum_i w_i ||delta_i||^2, for avg="fedexp"
         total_w = 0.0
         up_round = 0
         for k in range(CLIENTS):
             tseed = derive_seed(seed, rnd, k)
-            out = train_local(MODEL, view, clients[k], cfg, seed=tseed)
+            out = train_local(model, view, clients[k], cfg, seed=tseed)
             delta = (out.flat - view).astype(np.float32)
             decoded: np.ndarray | None = None
             ef = feedback[k]
@@ -251,21 +311,38 @@ def simulate(v: Variant, seed: int, rounds: int) -> Result:
             res.up_payload += nbytes
             res.up_messages += len(payloads)
             # the cloud: decode untrusted payloads exactly as the runtime does
-            got = assemble([decode(p, expect=TensorChunk) for p in payloads])
+            chunks = [decode(p, expect=TensorChunk) for p in payloads]
+            got = assemble(chunks)
             if decoded is not None:
                 assert np.array_equal(got, decoded)
             w = float(out.num_samples)
-            agg.add(f"edge-{k}", 0, got, w)
+            for c in chunks:  # chunk by chunk, as RoundTracker feeds the aggregator
+                agg.add(f"edge-{k}", c.offset, got[c.offset : c.offset + c.length], w)
             total_w += w
             sent_sum += w * got
             sent_w += w * (got != 0)
+            sq_norms += w * float(np.dot(got.astype(np.float64), got.astype(np.float64)))
         res.up_by_round.append(up_round)
+        if isinstance(agg, SparseAggregator):
+            agg.result()
+            res.sparse_chunks += agg.sparse_chunks
         if v.avg == "senders":
             mean = np.divide(sent_sum, sent_w, out=np.zeros_like(sent_sum), where=sent_w > 0)
         else:
             mean = agg.result().astype(np.float64) - flat.astype(np.float64)
-        server_m = v.server_mom * server_m + mean
-        flat = (flat.astype(np.float64) + v.server_lr * server_m).astype(np.float32)
+        if v.avg.startswith("cov"):  # undo the dilution where it happened, within a cap
+            ratio = np.divide(total_w, sent_w, out=np.ones_like(sent_w), where=sent_w > 0)
+            cap = float(v.avg.split(":")[1]) if ":" in v.avg else math.inf
+            mean = mean * (np.sqrt(ratio) if v.avg == "covsqrt" else np.minimum(cap, ratio))
+        if v.avg == "fedexp":  # Jhunjhunwala et al. 2023, eq. (9), sample-weighted
+            eta = max(1.0, sq_norms / total_w / (2 * (float(np.dot(mean, mean)) + v.fedexp_eps)))
+            res.etas.append(eta)
+            mean = eta * mean
+        if optimizer is not None:
+            flat = optimizer.step(flat, mean)
+        else:
+            server_m = v.server_mom * server_m + mean
+            flat = (flat.astype(np.float64) + v.server_lr * server_m).astype(np.float32)
         version += 1  # noqa: SIM113  (the model version, as the cloud counts it)
         # downlink: the delta against what edges hold (`_prepare_delta`), received by every edge
         dec = np.empty_like(view)
@@ -277,15 +354,15 @@ def simulate(v: Variant, seed: int, rounds: int) -> Result:
         view = view + dec
         res.down_payload += CLIENTS * _payload_bytes(dl)
         res.down_messages += CLIENTS * len(dl)
-        res.curve.append(evaluate(MODEL, flat, test)[1])
+        res.curve.append(evaluate(model, flat, test)[1])
     res.accuracy = res.curve[-1]
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _job(args: tuple[str, int, int]) -> dict:
-    name, seed, rounds = args
-    return asdict(simulate(VARIANTS[name], seed, rounds))
+def _job(args: tuple[str, int, int, str, float]) -> dict:
+    name, seed, rounds, model, val_fraction = args
+    return asdict(simulate(VARIANTS[name], seed, rounds, model, val_fraction))
 
 
 def _to_target(curve: list[float], target: float) -> int | None:
@@ -300,6 +377,12 @@ def main() -> None:
     ap.add_argument("--variant", default="fp32,topk1", help="comma list, or 'all'")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--model", default=MODEL, choices=("mlp", "cnn"))
+    ap.add_argument(
+        "--val-fraction", type=float, default=VAL_FRACTION,
+        help=f"score on this share of the training data, carved out before partitioning "
+        f"(default {VAL_FRACTION}); 0: score on the held-out test split (reporting only)",
+    )  # fmt: skip
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     ap.add_argument(
         "--overhead", type=int, default=OVERHEAD, help=f"bytes added per message ({OVERHEAD})"
@@ -318,15 +401,15 @@ def main() -> None:
     if "fp32" not in names:
         names = ["fp32", *names]  # the baseline on the same seeds, always
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(n, s, args.rounds) for n in names for s in seeds]
+    jobs = [(n, s, args.rounds, args.model, args.val_fraction) for n in names for s in seeds]
     started = time.perf_counter()
     results: dict[tuple[str, int], dict] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for (n, s, _), r in zip(jobs, pool.map(_job, jobs), strict=True):
+        for (n, s, *_), r in zip(jobs, pool.map(_job, jobs), strict=True):
             results[(n, s)] = r
             print(
                 f"  {n:14s} seed {s}: acc {r['accuracy']:.4f} up {r['up_payload']:,} B "
-                f"({r['up_messages']} msgs) {r['seconds']:.0f}s",
+                f"({r['up_messages']} msgs, {r['sparse_chunks']} sparse) {r['seconds']:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -334,8 +417,10 @@ def main() -> None:
     base_up = statistics.median(
         results[("fp32", s)]["up_payload"] + ov * results[("fp32", s)]["up_messages"] for s in seeds
     )
+    split = f"validation {args.val_fraction:g}" if args.val_fraction > 0 else "test"
     print(
-        f"\ndigits mlp, {CLIENTS} clients dirichlet:0.5, {args.rounds} rounds, seeds {seeds}; "
+        f"\ndigits {args.model} (scored on the {split} split), {CLIENTS} clients dirichlet:0.5, "
+        f"{args.rounds} rounds, seeds {seeds}; "
         f"uplink = payload bytes + {ov} B/message; {time.perf_counter() - started:.0f}s\n"
     )
     head = " | ".join(f"seed {s}" for s in seeds)

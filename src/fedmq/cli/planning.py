@@ -31,6 +31,7 @@ from fedmq.cloud_node.fedadam import FedAdam
 from fedmq.cloud_node.fedavgm import FedAvgM
 from fedmq.cloud_node.fedyogi import FedYogi
 from fedmq.cloud_node.serveropt import ServerOptimizer, ServerOptStrategy, ServerSGD
+from fedmq.cloud_node.sparse import SparseFedAvg
 from fedmq.codec import ALIGN, MIN_PAYLOAD, CodecSpec, ErrorFeedback, JobSpec, split_vector
 from fedmq.errors import ConfigError
 from fedmq.tinyml_profiles import Profile, format_bytes, parse_fleet
@@ -410,26 +411,20 @@ def round_timeout_for(setup: Setup, est: Estimate | None) -> float:
 
 
 STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multikrum", "normclip")
-SPARSE_K = 0.01  # top-k fractions up to this get `sparse_server_lr`
 SERVER_OPTS = ("none", "serversgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
     """The aggregation rule, followed by the server optimizer if one is chosen.
 
-    Very sparse top-k updates (k <= 1%) get a server learning rate (`sparse_server_lr`,
-    default 3) unless another server optimizer is chosen: with 1% of coordinates per edge, most
-    of each coordinate's FedAvg mean is zeros, and error feedback alone catches up too slowly
-    (bench/topk_study.py: -1.39 points at lr 1, -0.28 at lr 3, seed 0; all of seeds 0-5 within
-    1 point). Denser updates never get it: at k = 10% lr 3 diverges (0.54), and so does fp32
-    FedAvg at lr 2.
+    FedAvg is `SparseFedAvg`: the same mean, except that a coordinate only sparse (top-k)
+    chunks carried is scaled up by how few of the round's updates sent it, at most 2x. It
+    decides per chunk from what arrived, not from `--codec`: dense updates get FedAvg to the
+    bit, and an edge on its own top-k codec gets the correction (cloud_node/sparse.py says why,
+    bench/topk_study.py measured it on a validation split of both models).
     """
     base = _base_strategy(cfg)
     if cfg.server_opt == "none":
-        topk = CodecSpec.parse(cfg.codec).topk if cfg.codec else None
-        sparse = topk is not None and topk <= SPARSE_K and cfg.mode == "sync"  # measured there
-        if sparse and cfg.sparse_server_lr != 1.0:
-            return ServerOptStrategy(base=base, optimizer=ServerSGD(lr=cfg.sparse_server_lr))
         return base
     options = {"lr": cfg.server_lr} if cfg.server_lr > 0 else {}
     optimizers: dict[str, Callable[..., ServerOptimizer]] = {
@@ -450,7 +445,7 @@ def _base_strategy(cfg: RunConfig) -> Strategy:
     f = max(1, cfg.clients // 5)  # tolerate a fifth of the edges
     match cfg.strategy:
         case "fedavg":
-            return FedAvg(fraction=fraction, min_clients=least)
+            return SparseFedAvg(base=FedAvg(fraction=fraction, min_clients=least))
         case "median":
             return Median(fraction=fraction, min_clients=least)
         case "trimmed_mean":

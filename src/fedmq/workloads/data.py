@@ -1,4 +1,5 @@
-"""Datasets as plain numpy arrays, with a fixed, seeded, stratified held-out split."""
+"""Datasets as plain numpy arrays, with a fixed, seeded, stratified held-out split, and an
+optional validation split carved from the training part for tuning (never from the test set)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,17 @@ def load_dataset(
     full = loader()
     train_idx, test_idx = stratified_split(full.y, test_fraction, seed)
     return full.subset(train_idx), full.subset(test_idx)
+
+
+def split_validation(train: Dataset, val_fraction: float, *, seed: int) -> tuple[Dataset, Dataset]:
+    """(train minus validation, validation): a stratified share of `train`, fixed by `seed`.
+
+    Tuning scripts score settings on the validation part and leave the test set for reporting,
+    so a default is never chosen on the split its figure is quoted on. Carve it before
+    partitioning: the edges then never see the validation samples. The seed is offset from the
+    held-out split's, so the two draws are not the same permutation.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    keep, val = stratified_split(train.y, val_fraction, seed + 1_000_003)
+    return train.subset(keep), train.subset(val)
