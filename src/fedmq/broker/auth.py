@@ -1,8 +1,18 @@
-"""amqtt plugins that enforce a password file and a topic ACL (fedmq.security) in the broker.
+"""The embedded broker's gate: a password file, a topic ACL and client ids bound to identities.
 
 amqtt publishes a client's will without any topic check, so the auth plugin refuses a
 connection whose will topic the ACL does not let that client write (Mosquitto checks it too).
 Denials are logged with the username and topic, never the password.
+
+Client ids are bound to identities (issue 12): `ConnectGate` checks each CONNECT *before* amqtt
+sees it, because amqtt 0.12.1 acts on a clean-session CONNECT before its auth plugins run: it
+deletes the session (and subscriptions) held under that client id and files the newcomer's in
+its place, so even a refused CONNECT with the cloud's id left the cloud connected but deaf.
+The rule: a client id that names an identity (`NAME` or `ANYTHING-NAME`, NAME a user of the
+password file; fedmq's nodes use `<job>-<node id>` and their node id is their username) may
+be used only by that identity, and a client id held by a connected client may be taken over
+only by the same username. Other ids (fedmq's own pre-connect check `fedmq-edge-check-PID`,
+third-party tools) stay free for any authenticated client.
 """
 
 from __future__ import annotations
@@ -16,9 +26,112 @@ from typing import Any
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
+from fedmq.errors import ProtocolError
 from fedmq.security import READ, WRITE, Acl, PasswordFile
 
 log = logging.getLogger(__name__)
+
+# CONNACK return codes of MQTT 3.1.1 (a 3.1.1 CONNACK is 0x20 0x02, session present 0, code).
+BAD_CREDENTIALS, NOT_AUTHORISED = 4, 5
+
+
+@dataclass(frozen=True)
+class Connect:
+    """What the gate needs from a CONNECT packet (MQTT 3.1 and 3.1.1; 5 is refused by amqtt)."""
+
+    client_id: str
+    username: str | None
+    password: str | None
+    will_topic: str | None
+
+
+def parse_connect(packet: bytes) -> Connect:
+    """A whole CONNECT packet (fixed header included) -> its names; ProtocolError if malformed."""
+    if not packet or packet[0] >> 4 != 1:
+        raise ProtocolError("first packet is not a CONNECT")
+    i = 1
+    while i < len(packet) and packet[i] & 0x80:  # the remaining-length varint
+        i += 1
+    i += 1
+    fields: list[bytes] = []
+
+    def take() -> bytes:
+        nonlocal i
+        if i + 2 > len(packet):
+            raise ProtocolError("CONNECT ends inside a field")
+        n = int.from_bytes(packet[i : i + 2], "big")
+        if i + 2 + n > len(packet):
+            raise ProtocolError("CONNECT ends inside a field")
+        i += 2 + n
+        return packet[i - n : i]
+
+    take()  # protocol name
+    if i + 4 > len(packet):
+        raise ProtocolError("CONNECT too short")
+    flags = packet[i + 1]
+    i += 4  # level, flags, keep-alive
+    fields.append(take())  # client id
+    will_topic = None
+    if flags & 0x04:
+        will_topic = take().decode("utf-8", "replace")
+        take()  # will message
+    username = take().decode("utf-8", "replace") if flags & 0x80 else None
+    password = take().decode("utf-8", "replace") if flags & 0x40 else None
+    return Connect(fields[0].decode("utf-8", "replace"), username, password, will_topic)
+
+
+def id_owner(client_id: str, users: list[str]) -> str | None:
+    """The identity a client id names: the longest user U with id `U` or `...-U`; else None."""
+    named = [u for u in users if client_id == u or client_id.endswith("-" + u)]
+    return max(named, key=len) if named else None
+
+
+class ConnectGate:
+    """Admits or refuses a CONNECT before the broker acts on it (see the module docstring)."""
+
+    def __init__(
+        self,
+        passwords: PasswordFile | None,
+        acl: Acl | None,
+        allow_anonymous: bool,
+        holder: Callable[[str], str | None] = lambda client_id: None,
+    ) -> None:
+        """`holder(client_id)`: the username ("" anonymous) of the connected client holding that
+        id, None if no client holds it."""
+        self.passwords, self.acl, self.allow_anonymous = passwords, acl, allow_anonymous
+        self.holder = holder
+        self.refused = 0
+
+    async def refusal(self, c: Connect) -> int | None:
+        """None to admit; else the CONNACK code to refuse with (logged, never the password)."""
+        reason, code = None, NOT_AUTHORISED
+        if c.username is None and not self.allow_anonymous:
+            reason = "no username (anonymous clients not allowed)"
+        elif c.username is not None and self.passwords is not None:
+            # First: verify re-reads a changed file, so the ids below bind to today's users.
+            ok = await asyncio.to_thread(self.passwords.verify, c.username, c.password or "")
+            reason, code = (None if ok else "bad username or password"), BAD_CREDENTIALS
+        reason = reason or self._binding(c)
+        acl, will = self.acl, c.will_topic
+        if reason is None and acl is not None and will is not None and will:
+            reason = None if acl.allows(c.username, c.client_id, will, WRITE) else (
+                f"will topic {will} not allowed")  # fmt: skip
+        if reason is None:
+            return None
+        self.refused += 1
+        log.warning("refused client %r (%r): %s", c.client_id, c.username, reason)
+        return code
+
+    def _binding(self, c: Connect) -> str | None:
+        if self.passwords is None:
+            return None  # no identities to bind ids to: usernames are not checked anyway
+        owner = id_owner(c.client_id, self.passwords.users)
+        if owner is not None and owner != c.username:
+            return f"client id {c.client_id!r} belongs to {owner!r}"
+        held_by = self.holder(c.client_id)
+        if held_by is not None and held_by != (c.username or ""):
+            return f"client id {c.client_id!r} is connected as {held_by!r}"
+        return None
 
 
 def _names(session: Any) -> tuple[str | None, str]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from fedmq.errors import BrokerError, ConfigError, FedmqError
+from fedmq.broker.auth import ConnectGate, parse_connect
+from fedmq.errors import BrokerError, ConfigError, FedmqError, ProtocolError
 from fedmq.security import Acl, PasswordFile
 from fedmq.transport.framing import PacketGuard
 from fedmq.transport.nodelay import stream_nodelay
@@ -24,6 +25,7 @@ from fedmq.transport.nodelay import stream_nodelay
 log = logging.getLogger(__name__)
 
 _LISTENER = "default"
+_CONNECT_WAIT = 30.0  # seconds a new connection may take to send its CONNECT (gated brokers)
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,16 @@ class _GuardedReader:
         on_reject: Any,
     ) -> None:
         self._reader, self._writer, self._guard, self._on_reject = reader, writer, guard, on_reject
+        self._unread = b""  # the CONNECT the gate read first, replayed to amqtt (guard fed once)
+
+    def unread(self, data: bytes) -> None:
+        self._unread = data + self._unread
 
     async def read(self, n: int = -1) -> bytes:
+        if self._unread:
+            k = len(self._unread) if n == -1 else min(n, len(self._unread))
+            head, self._unread = self._unread[:k], self._unread[k:]
+            return head if n in (-1, k) else head + await self.read(n - k)
         data = await (self._reader.read(n) if n == -1 else self._reader.readexactly(n))
         try:
             self._guard.feed(data)
@@ -111,6 +121,7 @@ class EmbeddedBroker:
         self._broker: Any = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._gate: ConnectGate | None = None  # set with a password file or ACL: binds client ids
 
     @property
     def port(self) -> int:
@@ -134,6 +145,7 @@ class EmbeddedBroker:
         }
         if cfg.secured:
             passwords = PasswordFile(cfg.password_file) if cfg.password_file else None
+            self._gate = ConnectGate(passwords, cfg.acl, cfg.allow_anonymous, self._holder)
             plugins = {
                 "fedmq.broker.auth.PasswordAuthPlugin": {
                     "passwords": passwords, "acl": cfg.acl, "allow_anonymous": cfg.allow_anonymous,
@@ -211,13 +223,47 @@ class EmbeddedBroker:
         stream_nodelay(writer)
         guarded = _GuardedReader(reader, writer, PacketGuard(self.config.max_packet), self._reject)
         try:
+            if self._gate is not None and not await self._admit(guarded, writer):
+                return
             await self._broker.external_connected(guarded, StreamWriterAdapter(writer), _LISTENER)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.debug("client connection ended: %s", exc)
         finally:
             if task is not None:
                 self._handlers.discard(task)
             writer.close()
+
+    async def _admit(self, reader: _GuardedReader, writer: asyncio.StreamWriter) -> bool:
+        """Read the CONNECT and let the gate judge it before amqtt acts on it (broker.auth)."""
+        assert self._gate is not None
+        async with asyncio.timeout(_CONNECT_WAIT):  # a silent client holds no handler for long
+            packet = await reader.read(1)
+            while True:  # the remaining length: 1 to 4 bytes, the guard has checked them
+                byte = await reader.read(1)
+                packet += byte
+                if not byte[0] & 0x80:
+                    break
+            length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(packet[1:]))
+            packet += await reader.read(length) if length else b""
+        try:
+            refusal = await self._gate.refusal(parse_connect(packet))
+        except ProtocolError as exc:
+            log.warning("dropped connection from %s: %s", writer.get_extra_info("peername"), exc)
+            return False
+        if refusal is not None:
+            writer.write(bytes([0x20, 0x02, 0x00, refusal]))  # CONNACK: refused, and why
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            return False
+        reader.unread(packet)
+        return True
+
+    def _holder(self, client_id: str) -> str | None:
+        """The username ("" anonymous) of the connected client holding `client_id`, or None."""
+        held = self._broker._sessions.get(client_id) if self._broker is not None else None
+        if held is None or not held[0].transitions.is_connected():
+            return None
+        return str(held[0].username or "")
 
     def _reject(self, peer: object, exc: Exception) -> None:
         self.rejected_packets += 1

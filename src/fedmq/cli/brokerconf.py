@@ -103,6 +103,13 @@ def render(args: argparse.Namespace) -> str:
         lines += [f"certfile {files['tls_cert']}", f"keyfile {files['tls_key']}"]
         if args.tls_ca:
             lines += [f"cafile {files['tls_ca']}", "require_certificate true"]
+    if "password_file" in files:
+        # A listener setting: after the `listener` line, or Mosquitto opens one on 1883 for it.
+        lines += [
+            "# Each client's id becomes its username: no identity can take over (kick off)",
+            "# another's connection by reusing its client id. One connection per username.",
+            "use_username_as_clientid true",
+        ]
     return "\n".join([*lines, "", *LIMITS]) + "\n"
 
 
