@@ -613,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("codecs", help="list the update codecs")
     p.set_defaults(func=cmd_codecs)
     security.add_commands(sub)  # passwd, certs, acl
-    serve.add_parser(sub)  # `fedmq serve`
+    _add_identity_flags(serve.add_parser(sub))  # `fedmq serve`: the same identity and TLS
     brokerconf.add_parser(sub)  # `fedmq broker-config`
     return parser
 

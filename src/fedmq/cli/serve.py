@@ -28,6 +28,10 @@ EPILOG = """\
 examples:
   fedmq serve --broker mqtt://127.0.0.1:1883 --job digits --http 127.0.0.1:8080
 
+  # a secure deployment (docs/security.md): the ACL's serve user, TLS, a client certificate
+  FEDMQ_PASSWORD=... fedmq serve --broker mqtts://localhost:8883 --username serve \\
+       --tls-ca certs/ca.pem --tls-cert certs/serve.pem --tls-key certs/serve.key
+
   # over MQTT: replies go to fedmq/JOB/predict/response/CLIENT for requests on .../request/CLIENT
   mosquitto_sub -t fedmq/digits/predict/response/me &
   mosquitto_pub -t fedmq/digits/predict/request/me -m '{"id": "1", "inputs": [[0, 0, ...]]}'
@@ -40,8 +44,9 @@ examples:
 The password may also come from the FEDMQ_PASSWORD environment variable."""
 
 
-def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser(
+def add_parser(sub: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    """The parser; `cli.main` adds the identity and TLS flags every node command shares."""
+    p: argparse.ArgumentParser = sub.add_parser(
         "serve",
         help="answer predictions with the latest global model (MQTT, optional HTTP)",
         description=DESCRIPTION,
@@ -59,10 +64,6 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         default="",
         help="also serve POST /predict and GET /healthz over HTTP here, e.g. 127.0.0.1:8080 "
         "(port 0: any free); keep it on loopback, there is no authentication",
-    )
-    p.add_argument("--username", default=None, help="MQTT user name")
-    p.add_argument(
-        "--password", default=None, help="MQTT password (default: $FEDMQ_PASSWORD if set)"
     )
     p.add_argument(
         "--max-request-bytes",
@@ -88,11 +89,12 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         "code 2 (default 30)",
     )
     p.set_defaults(func=cmd_serve)
+    return p
 
 
 def check(args: argparse.Namespace) -> None:
     """Every option, before torch loads or a socket opens."""
-    from fedmq.cli import checks
+    from fedmq.cli import checks, options
     from fedmq.errors import ConfigError
 
     checks.broker_url(args.broker)
@@ -101,8 +103,7 @@ def check(args: argparse.Namespace) -> None:
     checks.at_least("--max-request-bytes", args.max_request_bytes, 1)
     checks.at_least("--max-rows", args.max_rows, 1)
     checks.at_least("--threads", args.threads, 1)
-    if args.connect_timeout <= 0:
-        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout:g}")
+    options.identity(args)  # TLS files readable, --connect-timeout > 0
     if args.http:
         # serve_node.httpd.parse_http_address's rule; importing it would import torch first.
         host, sep, port = args.http.rpartition(":")
@@ -117,8 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check(args)
     password = args.password if args.password is not None else os.environ.get("FEDMQ_PASSWORD")
-    reach_broker("serve", args.broker, {"username": args.username, "password": password},
-                 args.connect_timeout)  # fmt: skip
+    identity = {"username": args.username, "password": password, "tls_ca": args.tls_ca,
+                "tls_cert": args.tls_cert, "tls_key": args.tls_key}  # fmt: skip
+    reach_broker("serve", args.broker, identity, args.connect_timeout)
 
     import torch
 
@@ -131,8 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         job=args.job,
         node_id=args.id,
         http=args.http,
-        username=args.username,
-        password=password,
+        **identity,
         max_request_bytes=args.max_request_bytes,
         max_rows=args.max_rows,
     )

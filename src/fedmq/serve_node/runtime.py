@@ -36,6 +36,9 @@ class ServeConfig:
     http: str = ""  # HOST:PORT of the HTTP endpoint (port 0: any free); empty: MQTT only
     username: str | None = None
     password: str | None = None
+    tls_ca: str | None = None  # as every node (transport.SessionConfig): mqtts:// needs these
+    tls_cert: str | None = None
+    tls_key: str | None = None
     max_request_bytes: int = 1 << 20  # one request's bytes, checked before it is parsed
     max_rows: int = 1024  # samples in one request
     max_queue: int = 64  # MQTT requests waiting for a worker; more are dropped (counted)
@@ -281,6 +284,9 @@ class ServeNode:
             ),
             username=cfg.username,
             password=cfg.password,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
             keepalive=cfg.keepalive,
             max_packet=max(2 << 20, cfg.max_request_bytes + (64 << 10)),
         )
