@@ -31,7 +31,7 @@ async def _half_edge(url: str, job: str, stop: asyncio.Event) -> int:
                 task = await asyncio.wait_for(tasks.get(), 0.5)
             except TimeoutError:
                 continue
-            if "edge-2" not in task.selected:
+            if not task.selects("edge-2"):
                 continue
             chunks = split_vector(
                 np.zeros(9610, np.float32), CodecSpec.parse("fp32"), max_payload=16384,

@@ -62,7 +62,8 @@ def _corpus() -> list[bytes]:
                 job="j",
                 round=1,
                 version=0,
-                selected=("e0", "e1"),
+                salt=bytes(range(8)),
+                threshold=bytes(8),
                 deadline_s=5.0,
                 local_epochs=1,
                 batch_size=8,
@@ -78,7 +79,7 @@ def _corpus() -> list[bytes]:
                 version=1,
                 accuracy=0.5,
                 loss=1.0,
-                participants=("e0",),
+                participants=1,
                 num_samples=5,
                 duration_s=0.1,
             )

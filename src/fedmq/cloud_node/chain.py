@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -86,6 +87,15 @@ class ChainLoop:
                 round=rnd, version=0, selected=order, mode="chain", codec=cfg.downlink_codec
             )
             await node._publish(node.topics.task, encode(task), retain=True)
+            # Each edge learns only its successor, on its own topic: a message of constant
+            # size per edge, where the task listing the whole order grew with the fleet.
+            await node._session_publish_all(
+                [
+                    (node.topics.chain(edge), encode(replace(task, next=after)))
+                    for edge, after in zip(order, (*order[1:], "cloud"), strict=True)
+                ],
+                retain=False,
+            )
             await self._send(flat, order[0], rnd, 0)
             passed: list[str] = []
             hop_metrics: dict[str, dict[str, float]] = {}

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedmq.cloud_node.strategy import Selection
 from fedmq.codec import ALIGN
+from fedmq.codec.messages import SALT_SIZE, selection_hash, threshold_for
 
 
 class FedAvgAggregator:
@@ -51,15 +53,23 @@ class FedAvg:
         if self.min_clients < 1:
             raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
 
-    def select(
-        self, round: int, online: Sequence[str], rng: np.random.Generator
-    ) -> tuple[str, ...]:
+    def select(self, round: int, online: Sequence[str], rng: np.random.Generator) -> Selection:
+        """The `k` clients whose selection hash under a seeded salt is smallest.
+
+        Picking by hash lets the task name them with a salt and a threshold (16 bytes)
+        instead of their ids; it is a uniform sample like any other seeded draw.
+        """
         pool = sorted(online)
         k = min(len(pool), max(self.min_clients, math.ceil(self.fraction * len(pool))))
-        if k == len(pool):
-            return tuple(pool)
-        picked = rng.choice(len(pool), size=k, replace=False)
-        return tuple(pool[i] for i in sorted(picked))
+        if k == len(pool):  # everyone: no draw, so such runs sample nothing from `rng`
+            salt = bytes(SALT_SIZE)
+            return Selection(pool, salt=salt, threshold=threshold_for(salt, pool, ()) or salt)
+        while True:  # two ids with the same 64-bit hash at the cut: about 2^-64 per draw
+            salt = rng.bytes(SALT_SIZE)
+            ranked = sorted(pool, key=lambda n: selection_hash(salt, n))
+            threshold = threshold_for(salt, ranked[:k], ranked[k:])
+            if threshold is not None:
+                return Selection(ranked[:k], salt=salt, threshold=threshold)
 
     def aggregator(self, round: int, global_flat: np.ndarray) -> FedAvgAggregator:
         return FedAvgAggregator(global_flat)

@@ -22,7 +22,7 @@ from fedmq.cloud_node.chain import ChainLoop
 from fedmq.cloud_node.fedavg import FedAvg
 from fedmq.cloud_node.rounds import RoundTracker, Verdict
 from fedmq.cloud_node.staleness import Staleness
-from fedmq.cloud_node.strategy import Strategy
+from fedmq.cloud_node.strategy import Strategy, named
 from fedmq.codec import (
     BadSignature,
     CodecSpec,
@@ -147,9 +147,15 @@ class CloudConfig:
         attempt: int = 0,
         codec: str = "",
     ) -> RoundTask:
-        """A task with this run's training settings; `codec` defaults to the uplink codec."""
+        """A task with this run's training settings; `codec` defaults to the uplink codec.
+
+        `selected` travels as a salt and a threshold (a `Selection`'s own, or, for a plain
+        tuple such as every online edge, the zero salt and the largest hash among them).
+        """
+        chosen = named(selected, selected)
         return RoundTask(
-            job=self.job, round=round, version=version, selected=selected,
+            job=self.job, round=round, version=version, salt=chosen.salt,
+            threshold=chosen.threshold,
             deadline_s=self.round_timeout, local_epochs=self.local_epochs,
             batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
             codec=codec or self.codec, mode=mode, attempt=attempt, prox_mu=self.prox_mu,
@@ -244,9 +250,16 @@ class CloudNode:
             self._on_update(node, payload)
         elif self._chain is not None and topic == self.topics.chain(node):
             try:
-                self._chain.offer(decode(payload, self.limits, expect=TensorChunk))
+                message = decode(payload, self.limits)
             except CodecError as exc:
                 self._bad(topic, exc)
+                return
+            if isinstance(message, RoundTask):
+                return  # our own route to that edge (we listen to chain/+)
+            if not isinstance(message, TensorChunk):
+                self._bad(topic, CodecError(f"a {type(message).__name__} on a chain topic"))
+                return
+            self._chain.offer(message)
 
     def _bad(self, topic: str, exc: Exception) -> None:
         self.malformed += 1
@@ -534,7 +547,8 @@ class CloudNode:
         cfg = self.config
         started = time.perf_counter()
         before = self.meter.read()
-        selected = self.strategy.select(rnd, self.ready, rng)
+        chosen = named(self.strategy.select(rnd, self.ready, rng), self.ready)
+        selected = tuple(chosen)  # records hold plain tuples (asdict cannot copy a Selection)
         tracker = RoundTracker(
             job=cfg.job, round=rnd, version=version, total=flat.size, selected=selected,
             aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits, keys=self._keys,
@@ -544,7 +558,7 @@ class CloudNode:
         self._tracker = tracker
         self._round_started = started
         mark(cfg.node_id, "round_start", rnd)
-        task = cfg.task(round=rnd, version=version, selected=selected, attempt=self._attempt)
+        task = cfg.task(round=rnd, version=version, selected=chosen, attempt=self._attempt)
         # Issued in order (model, delta, task) within one window of unacknowledged messages:
         # waiting for the model's PUBACKs before sending the task cost a round trip per round,
         # and edges already cope with a task that overtakes its delta at the broker (§11.2).
@@ -580,7 +594,7 @@ class CloudNode:
         seconds = time.perf_counter() - started
         summary = RoundSummary(
             job=cfg.job, round=rnd, version=version, accuracy=accuracy, loss=loss,
-            participants=participants, num_samples=tracker.num_samples, duration_s=seconds,
+            participants=len(participants), num_samples=tracker.num_samples, duration_s=seconds,
         )  # fmt: skip
         await self._publish(self.topics.summary, encode(summary))
         mark(cfg.node_id, "summary_acked", rnd)

@@ -69,6 +69,13 @@ def blob(field: str, value: object) -> bytes:
     return bytes(value)
 
 
+def fixed_blob(field: str, value: object, size: int) -> bytes:
+    out = blob(field, value)
+    if len(out) != size:
+        raise CodecError(f"{field} must be exactly {size} bytes, got {len(out)}")
+    return out
+
+
 def choice(field: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise CodecError(f"{field} must be one of {choices!r}, got {value!r}")

@@ -11,14 +11,7 @@ from typing import Any, TypeVar, overload
 import msgpack
 
 from fedmq.codec.limits import DEFAULT_LIMITS, SCHEMA_VERSION, Limits
-from fedmq.codec.messages import (
-    KINDS,
-    JobSpec,
-    Message,
-    RoundSummary,
-    RoundTask,
-    TensorChunk,
-)
+from fedmq.codec.messages import KINDS, JobSpec, Message, TensorChunk
 from fedmq.codec.wire import FIELD_OF, WIRE_KEYS
 from fedmq.errors import CodecError, LimitExceeded, SchemaVersionError
 
@@ -101,10 +94,6 @@ def check_limits(msg: Message, limits: Limits) -> None:
         if msg.max_payload > limits.max_payload:
             need = f"{msg.max_payload} > our max_payload {limits.max_payload}"
             raise LimitExceeded(f"JobSpec.max_payload {need}")
-    elif isinstance(msg, RoundTask | RoundSummary):
-        ids = msg.selected if isinstance(msg, RoundTask) else msg.participants
-        if len(ids) > limits.max_selected:
-            raise LimitExceeded(f"{type(msg).__name__} lists {len(ids)} clients > max_selected")
     elif isinstance(msg, TensorChunk):
         for name, value, limit in (
             ("length", msg.length, limits.max_chunk_elems),

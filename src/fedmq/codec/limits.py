@@ -6,7 +6,8 @@ from dataclasses import dataclass, fields
 
 from fedmq.errors import ConfigError
 
-SCHEMA_VERSION: int = 2  # the "v" of every envelope this build writes and reads (2: short keys)
+SCHEMA_VERSION: int = 3  # the "v" of every envelope this build writes and reads (2: short keys;
+# 3: a task selects by salt and threshold, a summary counts its participants)
 ALIGN: int = 64  # chunk offsets are multiples of ALIGN elements (the last chunk may be shorter)
 DIGEST_SIZE: int = 16  # bytes of blake2b(data, digest_size=16) carried by every chunk
 INT_MAX: int = 2**63 - 1  # every integer field is in [0, INT_MAX]: fits int64 and uint64 alike

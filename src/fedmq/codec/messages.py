@@ -6,8 +6,9 @@ applied by `decode` and by the chunk functions.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fedmq.codec import _fields as f
@@ -22,6 +23,26 @@ COMMANDS = ("stop",)
 # chain: the model passes from edge to edge in the task's order, the cloud watching each hop
 MODES = ("sync", "async", "chain")
 SIG_SIZE = 64  # an Ed25519 signature
+SALT_SIZE = 8  # RoundTask.salt and RoundTask.threshold: 8 bytes each, whatever the fleet
+SELECT_ALL = b"\xff" * SALT_SIZE  # the threshold that selects every edge
+
+
+def selection_hash(salt: bytes, node_id: str) -> bytes:
+    """`BLAKE2b(salt || utf8(node_id), digest_size=8)`: compared as a big-endian uint64.
+
+    An edge learns whether a task selects it from 16 bytes (salt and threshold) instead of a
+    list of every selected id, which grew the task, sent to every edge, with the fleet.
+    """
+    return hashlib.blake2b(bytes(salt) + node_id.encode("utf-8"), digest_size=SALT_SIZE).digest()
+
+
+def threshold_for(salt: bytes, chosen: Iterable[str], others: Iterable[str]) -> bytes | None:
+    """The threshold that selects every id of `chosen` and none of `others` under `salt`, or
+    None when no threshold can (an id of `others` hashes at or below one of `chosen`)."""
+    top = max((selection_hash(salt, n) for n in chosen), default=None)
+    if top is None or any(selection_hash(salt, n) <= top for n in others):
+        return None
+    return top
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -92,7 +113,10 @@ class RoundTask:
     job: str
     round: int
     version: int  # global model version the selected clients train from
-    selected: tuple[str, ...]  # client ids, distinct
+    # An edge is selected iff selection_hash(salt, its id) <= threshold (8 bytes each, compared
+    # as big-endian uint64): constant size, where a list of ids grew with the fleet.
+    salt: bytes
+    threshold: bytes  # SELECT_ALL: every edge
     deadline_s: float  # > 0, seconds from receipt
     local_epochs: int
     batch_size: int  # >= 1
@@ -102,12 +126,16 @@ class RoundTask:
     mode: str = "sync"  # "sync" | "async" (updates are never late) | "chain" (see MODES)
     attempt: int = 0  # bumped when a restarted cloud re-issues a round: edges resend
     prox_mu: float = 0.0  # FedProx proximal term for local training; 0: plain SGD
+    # Chained mode, on chain/<edge> only: where this edge passes the model on ("cloud" after the
+    # last edge). Empty in every other task, which is the same for every edge.
+    next: str = ""
 
     def __post_init__(self) -> None:
         _set(self, "job", f.text("RoundTask.job", self.job, topic=True))
         _set(self, "round", f.integer("RoundTask.round", self.round))
         _set(self, "version", f.integer("RoundTask.version", self.version))
-        _set(self, "selected", f.names("RoundTask.selected", self.selected))
+        _set(self, "salt", f.fixed_blob("RoundTask.salt", self.salt, SALT_SIZE))
+        _set(self, "threshold", f.fixed_blob("RoundTask.threshold", self.threshold, SALT_SIZE))
         _set(self, "deadline_s", f.real("RoundTask.deadline_s", self.deadline_s, positive=True))
         _set(self, "local_epochs", f.integer("RoundTask.local_epochs", self.local_epochs))
         _set(self, "batch_size", f.integer("RoundTask.batch_size", self.batch_size, minimum=1))
@@ -119,6 +147,14 @@ class RoundTask:
         _set(self, "mode", f.choice("RoundTask.mode", self.mode, MODES))
         _set(self, "attempt", f.integer("RoundTask.attempt", self.attempt))
         _set(self, "prox_mu", f.real("RoundTask.prox_mu", self.prox_mu, minimum=0.0))
+        if self.next:
+            _set(self, "next", f.text("RoundTask.next", self.next, topic=True))
+        else:
+            _set(self, "next", f.text("RoundTask.next", self.next, empty=True))
+
+    def selects(self, node_id: str) -> bool:
+        """Does this task select `node_id` (§11.1: hash at or below the threshold)?"""
+        return selection_hash(self.salt, node_id) <= self.threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +225,7 @@ class RoundSummary:
     version: int  # the new global model version
     accuracy: float
     loss: float
-    participants: tuple[str, ...]  # client ids whose updates were aggregated, distinct
+    participants: int  # how many edges' updates were aggregated (the cloud's records name them)
     num_samples: int  # sum of their weights
     duration_s: float  # >= 0
 
@@ -199,7 +235,7 @@ class RoundSummary:
         _set(self, "version", f.integer("RoundSummary.version", self.version))
         _set(self, "accuracy", f.real("RoundSummary.accuracy", self.accuracy))
         _set(self, "loss", f.real("RoundSummary.loss", self.loss))
-        _set(self, "participants", f.names("RoundSummary.participants", self.participants))
+        _set(self, "participants", f.integer("RoundSummary.participants", self.participants))
         _set(self, "num_samples", f.integer("RoundSummary.num_samples", self.num_samples))
         _set(self, "duration_s", f.real("RoundSummary.duration_s", self.duration_s, minimum=0.0))
 

@@ -22,9 +22,9 @@ WIRE_KEYS: dict[type[Message], dict[str, str]] = {
         "codec": "e", "max_payload": "x", "layout": "L", "drift": "D", "rounds": "R",
     },
     KINDS["task"]: {
-        "job": "j", "round": "r", "version": "n", "selected": "c", "deadline_s": "t",
-        "local_epochs": "E", "batch_size": "B", "lr": "l", "momentum": "M", "codec": "e",
-        "mode": "a", "attempt": "A", "prox_mu": "p",
+        "job": "j", "round": "r", "version": "n", "salt": "s", "threshold": "h",
+        "deadline_s": "t", "local_epochs": "E", "batch_size": "B", "lr": "l", "momentum": "M",
+        "codec": "e", "mode": "a", "attempt": "A", "prox_mu": "p", "next": "N",
     },
     KINDS["chunk"]: {
         "job": "j", "sender": "s", "role": "o", "round": "r", "version": "n", "index": "i",

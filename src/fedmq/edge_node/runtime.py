@@ -152,6 +152,7 @@ class EdgeNode:
         # Chained mode: models handed to us, by (pass, position), and the hops we have done.
         self._chain_inbox: dict[tuple[int, int], np.ndarray] = {}
         self._chain_done: set[tuple[int, int]] = set()
+        self._chain_next: dict[int, str] = {}  # pass -> the edge we hand the model to
         self._chain_parts = Reassembler(  # apart: a retained model may share sender and version
             max_bytes=config.max_model_bytes, timeout_s=config.model_timeout
         )
@@ -182,7 +183,13 @@ class EdgeNode:
             elif topic.startswith(self.topics.prefix + "/delta/"):
                 self._on_delta_chunk(decode(payload, self.limits, expect=TensorChunk))
             elif topic == self.topics.chain(self.config.node_id):
-                self._on_chain_chunk(decode(payload, self.limits, expect=TensorChunk))
+                message = decode(payload, self.limits)
+                if isinstance(message, RoundTask):
+                    self._on_chain_route(message)
+                elif isinstance(message, TensorChunk):
+                    self._on_chain_chunk(message)
+                else:
+                    raise ProtocolError(f"a {type(message).__name__} on our chain topic")
             elif topic == self.topics.control:
                 control = decode(payload, self.limits, expect=Control)
                 if control.command == "stop" and control.job == self.config.job:
@@ -226,6 +233,13 @@ class EdgeNode:
             mark(self.config.node_id, "delta_in", chunk.round)
         if step is not Step.NONE:
             self._wake.set()  # applied, or a gap: _step fetches the full model
+
+    def _on_chain_route(self, task: RoundTask) -> None:
+        """Chained mode: the cloud names our successor in a pass (the task's `next`)."""
+        if task.job != self.config.job or task.mode != "chain" or not task.next:
+            raise ProtocolError("a task on our chain topic that is no chain route")
+        self._chain_next[task.round] = task.next
+        self._wake.set()
 
     def _on_chain_chunk(self, chunk: TensorChunk) -> None:
         if chunk.role != "model" or chunk.job != self.config.job:
@@ -327,7 +341,8 @@ class EdgeNode:
             topic = self.topics.jobspec
         elif (
             task is not None
-            and self.config.node_id in task.selected
+            and task.mode != "chain"  # a chain's models come on chain/<node>
+            and task.selects(self.config.node_id)
             and task.round > self._last_round
             and (self._model is None or self._model[0] != task.version)
         ):
@@ -363,7 +378,7 @@ class EdgeNode:
             await self._chain_step(session, job, task, self._data)
             return
         await self._sync_model(session, task)
-        if task is None or self.config.node_id not in task.selected:
+        if task is None or not task.selects(self.config.node_id):
             return
         sent = self._sent
         if sent is not None and sent[0] == task.round and sent[1] != task.attempt:
@@ -384,10 +399,10 @@ class EdgeNode:
         me = self.config.node_id
         for key in sorted(self._chain_inbox):
             rnd, position = key
-            if rnd > task.round:
-                continue  # the model came before its task: keep it until the task arrives
+            if rnd > task.round or (rnd == task.round and rnd not in self._chain_next):
+                continue  # the model came before its task or route: keep it until they arrive
             flat = self._chain_inbox.pop(key)
-            if rnd < task.round or me not in task.selected or key in self._chain_done:
+            if rnd < task.round or key in self._chain_done:
                 continue
             self._chain_done.add(key)
             cfg = TrainConfig(
@@ -398,8 +413,7 @@ class EdgeNode:
             async with self._slots or contextlib.nullcontext():
                 result = await asyncio.to_thread(train_local, job.model, flat, data, cfg, seed=seed)
             await self._emulate_compute(job, data, result.num_samples, cfg, result.seconds)
-            index = task.selected.index(me)
-            after = task.selected[index + 1] if index + 1 < len(task.selected) else "cloud"
+            after = self._chain_next[rnd]
             payloads = split_vector(
                 result.flat, CodecSpec.parse(task.codec), max_payload=job.max_payload,
                 job=job.job, sender=me, role="model", round=rnd, version=position + 1,

@@ -25,9 +25,14 @@ from fedmq.codec import (
     encode,
     split_vector,
 )
+from fedmq.codec.messages import SALT_SIZE, SELECT_ALL
 from fedmq.tinyml_profiles import mqtt_sizes as mq
 from fedmq.tinyml_profiles.profiles import Profile
 from fedmq.transport import Topics
+
+# A task's salt and threshold are 8 bytes each whatever their values (and whoever is selected),
+# so any pair sizes the task exactly.
+_SALT = bytes(SALT_SIZE)
 
 Selector = Callable[[int, Sequence[str]], tuple[str, ...]]
 
@@ -276,14 +281,12 @@ def estimate(
         setup_up += mq.publish_size(st, status(e, True, 0))  # birth
         setup_up += mq.publish_size(st, status(e, True, e.num_samples))  # after joining
         setup_up += 2 * mq.PUBACK  # for the task clear and the job
-        # The full model topic: subscribed until the first model is complete.
-        # The full model topic: subscribed until the first model is complete (in a chain, the
-        # models come on chain/<edge>, so it stays subscribed and gets the final model).
-        setup_up += mq.subscribe_size(topics.model_all)
-        setup_down += mq.CONNACK + (len(subs) + 2) * mq.SUBACK_ONE + 2 * mq.PUBACK
+        setup_down += mq.CONNACK + (len(subs) + 1) * mq.SUBACK_ONE + 2 * mq.PUBACK
+        # The full model topic: subscribed from the first task until the model is complete. A
+        # chain's models come on chain/<edge>: its edges never subscribe to it.
         if not chain:
-            setup_up += mq.unsubscribe_size(topics.model_all)
-            setup_down += mq.UNSUBACK
+            setup_up += mq.subscribe_size(topics.model_all) + mq.unsubscribe_size(topics.model_all)
+            setup_down += mq.SUBACK_ONE + mq.UNSUBACK
         setup_down += clear_task + job_pub
 
     rounds: list[RoundEstimate] = []
@@ -293,12 +296,13 @@ def estimate(
         rounds = _chain_rounds(plan, hops, online)
     for rnd in range(1, 0 if chain else plan.rounds + 1):
         version = rnd - 1
-        selected = select(rnd, online)
+        selected = tuple(select(rnd, online))  # a Selection's ids (its salt sizes nothing)
         task = RoundTask(
             job=job.job,
             round=rnd,
             version=version,
-            selected=tuple(online) if plan.mode == "async" else selected,
+            salt=_SALT,
+            threshold=SELECT_ALL,
             deadline_s=plan.deadline_s,
             local_epochs=plan.local_epochs,
             batch_size=plan.batch_size,
@@ -356,8 +360,9 @@ def estimate(
     control = mq.publish_size(topics.control, len(encode(stop)))
     teardown_up = teardown_down = 0
     for e in plan.edges:
-        teardown_down += final_pub
-        teardown_up += len(final) * mq.PUBACK
+        if not chain:  # a chain's final model goes to serving nodes, not to its edges
+            teardown_down += final_pub
+            teardown_up += len(final) * mq.PUBACK
         # The edge leaves on the stop: the cleared task reaches it while it says goodbye (and
         # is acked), the cleared job comes after it has gone (measured on every run: 22 B).
         teardown_down += control + clear_task + mq.PUBACK
@@ -368,8 +373,8 @@ def estimate(
         # edge's update in flight when the last step was taken.
         in_flight = edge_tmpls[min(plan.rounds, len(edge_tmpls)) - 1]
         after = RoundTask(
-            job=job.job, round=plan.rounds + 1, version=plan.rounds, selected=tuple(online),
-            deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
+            job=job.job, round=plan.rounds + 1, version=plan.rounds, salt=_SALT,
+            threshold=SELECT_ALL, deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
             batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum,
             codec=plan.task_codec, mode="async", prox_mu=plan.prox_mu,
         )  # fmt: skip
@@ -420,7 +425,7 @@ def _chain_rounds(
     for rnd in range(1, plan.rounds + 1):
         tmpl = passes[min(rnd, len(passes)) - 1]
         task = RoundTask(
-            job=job.job, round=rnd, version=0, selected=tuple(order),
+            job=job.job, round=rnd, version=0, salt=_SALT, threshold=SELECT_ALL,
             deadline_s=plan.deadline_s, local_epochs=plan.local_epochs,
             batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum,
             codec=plan.downlink_codec, mode="chain", prox_mu=plan.prox_mu,
@@ -445,8 +450,11 @@ def _chain_rounds(
                 )
                 for c in tmpl[node]
             )
-            up += hop_out + len(tmpl[sender]) * mq.PUBACK
+            # The route (the pass's task naming our successor, on chain/<edge>) and its PUBACK.
+            route = dataclasses.replace(task, next=after)
+            up += hop_out + len(tmpl[sender]) * mq.PUBACK + mq.PUBACK
             down += hop_in + task_pub + len(tmpl[node]) * mq.PUBACK
+            down += mq.publish_size(topics.chain(node), len(encode(route)))
             bound += _edge_seconds(plan, by_id[node], hop_in, hop_out)
         out.append(
             RoundEstimate(rnd, tuple(order), up, down, 4 * job.num_params * len(order), bound,
