@@ -124,6 +124,8 @@ async def test_client_refuses_to_send_over_its_packet_limit(amqtt_url: str) -> N
 
 
 async def test_client_drops_an_oversized_inbound_packet(mosquitto_url: str) -> None:
+    # Read past and dropped, not answered with a disconnect: a retained one would come back on
+    # every reconnect (issue 12; more in test_oversized_retained.py).
     meter = ByteMeter()
     got: list[bytes] = []
     cfg = SessionConfig(mosquitto_url, "t-small", subscriptions=("t/in",), max_packet=50_000)
@@ -132,10 +134,10 @@ async def test_client_drops_an_oversized_inbound_packet(mosquitto_url: str) -> N
         Session(SessionConfig(mosquitto_url, "t-src"), lambda t, p: None) as src,
     ):
         await src.publish("t/in", bytes(500_000))
-        await wait_until(lambda: small.reconnects >= 1, timeout=15)
+        await wait_until(lambda: small.oversized == 1, timeout=15)
         await src.publish("t/in", b"small one")
         await wait_until(lambda: got == [b"small one"], timeout=15)
-    assert meter.received < 500_000  # the big body was never read
+        assert small.reconnects == 0
 
 
 async def test_connect_failure_is_a_transport_error() -> None:

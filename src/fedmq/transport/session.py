@@ -2,9 +2,10 @@
 
 A `Session` keeps itself connected: it reconnects with exponential backoff, re-subscribes and
 re-publishes its birth message after every reconnect, and lets `publish` wait out a reconnect.
-Its `ByteMeter` counts what crossed the socket, and a `PacketGuard` on the read side drops the
-connection on an oversized inbound packet before paho buffers the body (paho has no such limit
-for MQTT 3.1.1).
+Its `ByteMeter` counts what crossed the socket, and a `PacketFilter` on the read side reads past
+an oversized inbound PUBLISH (counted, logged, acknowledged) before paho buffers any of it (paho
+has no such limit for MQTT 3.1.1); dropping the connection instead would meet the same retained
+message on every reconnect.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from fedmq.errors import ConfigError, FedmqError, TransportError
-from fedmq.transport.framing import PacketGuard
+from fedmq.transport.framing import Dropped, PacketFilter
 from fedmq.transport.meter import ByteMeter
 from fedmq.transport.nodelay import set_nodelay
 
@@ -101,6 +102,7 @@ class Session:
         self.meter = meter or ByteMeter()
         self.reconnects = 0
         self.handler_errors = 0
+        self.oversized = 0  # inbound PUBLISH packets over max_packet, read past and dropped
         self._on_message = on_message
         self._birth = config.birth
         self._client: aiomqtt.Client | None = None
@@ -203,10 +205,11 @@ class Session:
 
     def _install_meter(self, client: aiomqtt.Client) -> None:
         # paho reads and writes the socket only through these two methods; shadowing them on the
-        # instance meters exactly what crossed the socket and guards inbound packet sizes.
+        # instance meters exactly what crossed the socket and filters inbound packet sizes.
         paho: Any = client._client
         send, recv = paho._sock_send, paho._sock_recv
-        guard, meter = PacketGuard(self.config.max_packet), self.meter
+        packets, meter = PacketFilter(self.config.max_packet), self.meter
+        pending = bytearray()  # passed-on bytes paho has not asked for yet: at most a header
 
         def metered_send(buf: bytes | bytearray) -> int:
             n: int = send(buf)
@@ -214,17 +217,47 @@ class Session:
             return n
 
         def metered_recv(bufsize: int) -> bytes:
-            data: bytes = recv(bufsize)
-            meter.add_received(len(data))
-            try:
-                guard.feed(data)
-            except FedmqError as exc:
-                log.warning("%s: dropping connection: %s", self.config.client_id, exc)
-                raise ConnectionAbortedError(str(exc)) from exc
-            return data
+            # paho asks for 1 byte (type), 1 per length byte, then the body: `next_read` keeps
+            # every read inside one packet, so `pending` never holds bytes of a later packet.
+            while not pending:
+                data: bytes = recv(packets.next_read(bufsize))  # BlockingIOError: paho waits
+                meter.add_received(len(data))
+                if not data:
+                    return data  # the broker closed the connection
+                try:
+                    passed, dropped = packets.feed(data)
+                except FedmqError as exc:
+                    log.warning("%s: dropping connection: %s", self.config.client_id, exc)
+                    raise ConnectionAbortedError(str(exc)) from exc
+                for packet in dropped:
+                    self._oversized(paho, packet)
+                pending.extend(passed)
+            out = bytes(pending[:bufsize])
+            del pending[:bufsize]
+            return out
 
         paho._sock_send = metered_send
         paho._sock_recv = metered_recv
+
+    def _oversized(self, paho: Any, packet: Dropped) -> None:
+        """Count and log a PUBLISH read past, and acknowledge it as paho would have.
+
+        Unacknowledged, a QoS 1 message holds one of the broker's in-flight slots for this
+        connection until it ends (Mosquitto 2 resends only on reconnect): a few would stall
+        every later delivery. paho never saw it, so it cannot mind the acknowledgement.
+        """
+        self.oversized += 1
+        if self.oversized <= 20 or self.oversized % 1000 == 0:
+            log.warning(
+                "%s: dropped a %d B message on %s: over the %d B packet limit (%d so far)",
+                self.config.client_id, packet.size, packet.topic, self.config.max_packet,
+                self.oversized,
+            )  # fmt: skip
+        if packet.packet_id is not None:
+            if packet.qos == 1:
+                paho._send_puback(packet.packet_id)
+            elif packet.qos == 2:  # paho answers the PUBREL that follows for unknown ids too
+                paho._send_pubrec(packet.packet_id)
 
     async def _run(self) -> None:
         delay = self.config.backoff_min
