@@ -68,7 +68,9 @@ def parse_connect(packet: bytes) -> Connect:
     take()  # protocol name
     if i + 4 > len(packet):
         raise ProtocolError("CONNECT too short")
-    flags = packet[i + 1]
+    level, flags = packet[i], packet[i + 1]
+    if level not in (3, 4):  # 3.1, 3.1.1; MQTT 5 puts properties here (amqtt refuses it)
+        raise ProtocolError(f"MQTT protocol level {level} not supported")
     i += 4  # level, flags, keep-alive
     fields.append(take())  # client id
     will_topic = None
@@ -110,7 +112,8 @@ class ConnectGate:
         elif c.username is not None and self.passwords is not None:
             # First: verify re-reads a changed file, so the ids below bind to today's users.
             ok = await asyncio.to_thread(self.passwords.verify, c.username, c.password or "")
-            reason, code = (None if ok else "bad username or password"), BAD_CREDENTIALS
+            if not ok:
+                reason, code = "bad username or password", BAD_CREDENTIALS
         reason = reason or self._binding(c)
         acl, will = self.acl, c.will_topic
         if reason is None and acl is not None and will is not None and will:
