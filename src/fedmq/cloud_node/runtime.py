@@ -44,6 +44,7 @@ from fedmq.transport import ByteMeter, Session, SessionConfig, Topics
 from fedmq.transport.trace import mark
 from fedmq.workloads import Dataset, build_model, evaluate, get_flat, layout, load_dataset
 from fedmq.workloads.drift import DriftSpec
+from fedmq.workloads.split import load_init_weights, split_data
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class CloudConfig:
     max_reassembly_bytes: int = 256 << 20  # async: bytes of update chunks held while incomplete
     checkpoint: str = ""  # file written atomically after every round ("" = none)
     resume: bool = False  # start from `checkpoint` when it exists
+    split: str = ""  # split file (workloads.split): its `test` indices are the held-out set
+    init_weights: str = ""  # .npz of the model's named arrays: the initial model ("" = seeded)
 
     def __post_init__(self) -> None:
         checks = [
@@ -382,7 +385,10 @@ class CloudNode:
 
     async def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> CloudResult:
         cfg = self.config
-        _, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
+        if cfg.split:  # another framework's exact split: evaluate on its test set
+            _, test = split_data(cfg.dataset, cfg.split, cfg.clients)
+        else:
+            _, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
         model = build_model(
             cfg.model,
             num_features=test.x.shape[1],
@@ -391,6 +397,8 @@ class CloudNode:
             seed=cfg.seed,
         )
         flat, spec_layout = get_flat(model), layout(model)
+        if cfg.init_weights:
+            flat = load_init_weights(cfg.init_weights, spec_layout)
         job = cfg.job_spec(spec_layout)
         # What every edge holds: the model they train from. Lossy deltas make it differ from
         # the cloud's model; each round's delta is taken against it, so nothing drifts.

@@ -58,6 +58,7 @@ from fedmq.workloads import (
     training_cost,
 )
 from fedmq.workloads.drift import DriftSpec, data_for_round
+from fedmq.workloads.split import split_data
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class EdgeConfig:
     # cost / compute_flops seconds; 0 trains at host speed
     keepalive: int = 20  # MQTT keepalive, seconds; slow links need longer (one packet's time)
     publish_timeout: float = 60.0  # seconds for one publish to be acknowledged
+    split: str = ""  # split file (workloads.split): our data is its entry `shard` ("" =
+    # the job's partition)
     train: str = "all"  # "all", or "head": train only the last layer, send only its slice
     # (transfer learning on a device that cannot afford the whole model; sync mode)
 
@@ -263,6 +266,9 @@ class EdgeNode:
         assert shard is not None
         if not 0 <= shard < job.clients:
             raise ConfigError(f"shard {shard} is outside the job's {job.clients} shards")
+        if self.config.split:
+            edges, _ = split_data(job.dataset, self.config.split, job.clients)
+            return edges[shard]
         train, _ = load_dataset(job.dataset, seed=job.seed)
         parts = partition(train.y, job.clients, PartitionSpec.parse(job.partition), seed=job.seed)
         return train.subset(parts[shard])
