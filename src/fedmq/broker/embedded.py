@@ -3,7 +3,9 @@
 We own the listening socket (so port 0 gives an ephemeral port we can report, and TLS is
 plain asyncio) and hand each accepted connection to amqtt through its "external" listener type,
 with a reader that enforces the maximum packet size before amqtt buffers the body. A password
-file and a topic ACL (fedmq.security, Mosquitto's formats) plug in as amqtt plugins.
+file and a topic ACL (fedmq.security, Mosquitto's formats) plug in as amqtt plugins, and a
+gate (broker.auth.ConnectGate) judges each CONNECT before amqtt acts on it: client ids are
+bound to identities.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class EmbeddedBroker:
         stream_nodelay(writer)
         guarded = _GuardedReader(reader, writer, PacketGuard(self.config.max_packet), self._reject)
         try:
-            if self._gate is not None and not await self._admit(guarded, writer):
+            if self._gate is not None and not await self._admit(self._gate, guarded, writer):
                 return
             await self._broker.external_connected(guarded, StreamWriterAdapter(writer), _LISTENER)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -233,9 +235,10 @@ class EmbeddedBroker:
                 self._handlers.discard(task)
             writer.close()
 
-    async def _admit(self, reader: _GuardedReader, writer: asyncio.StreamWriter) -> bool:
+    async def _admit(
+        self, gate: ConnectGate, reader: _GuardedReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Read the CONNECT and let the gate judge it before amqtt acts on it (broker.auth)."""
-        assert self._gate is not None
         async with asyncio.timeout(_CONNECT_WAIT):  # a silent client holds no handler for long
             packet = await reader.read(1)
             while True:  # the remaining length: 1 to 4 bytes, the guard has checked them
@@ -246,7 +249,7 @@ class EmbeddedBroker:
             length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(packet[1:]))
             packet += await reader.read(length) if length else b""
         try:
-            refusal = await self._gate.refusal(parse_connect(packet))
+            refusal = await gate.refusal(parse_connect(packet))
         except ProtocolError as exc:
             log.warning("dropped connection from %s: %s", writer.get_extra_info("peername"), exc)
             return False
