@@ -101,3 +101,23 @@ async def test_an_oversized_qos1_message_is_acknowledged_so_deliveries_go_on(
             await src.publish("t/in", b"small one", qos=1)
             await wait_until(lambda: got == [b"small one"], timeout=15)
             assert node.oversized == 3 and node.reconnects == 0
+
+
+async def test_reading_past_a_large_message_on_a_slow_link_keeps_the_connection(
+    unlimited: tuple[str, int],
+) -> None:
+    """3 MB at 4 Mbit/s takes 6 s: paho, which never sees those bytes, must not think the link
+    dead after its 1 s keep-alive, or the node would reconnect into the same message forever."""
+    from fedmq.tinyml_profiles.profiles import LinkProfile
+    from fedmq.tinyml_profiles.shaper import LinkShaper
+
+    _, port = unlimited
+    await asyncio.to_thread(retain, port, "t/big", 3 << 20)
+    link = LinkProfile(up_bps=4_000_000, down_bps=4_000_000)
+    async with LinkShaper(link, "127.0.0.1", port) as shaper:
+        cfg = SessionConfig(shaper.url, "t-slow", subscriptions=("t/big",), max_packet=50_000,
+                            keepalive=1)  # fmt: skip
+        async with Session(cfg, lambda t, p: None) as node:
+            await wait_until(lambda: node.oversized == 1, timeout=30)
+            await asyncio.sleep(2)  # keep-alives answered again after it
+            assert node.reconnects == 0 and node.connected

@@ -231,6 +231,11 @@ class Session:
                     raise ConnectionAbortedError(str(exc)) from exc
                 for packet in dropped:
                     self._oversized(paho, packet)
+                if packets.dropping or dropped:
+                    # Bytes paho never sees: its keep-alive must still count them, or reading
+                    # past a large message on a slow link would end the connection anyway.
+                    with paho._msgtime_mutex:
+                        paho._last_bytes_received = time.monotonic()  # paho's clock
                 pending.extend(passed)
             out = bytes(pending[:bufsize])
             del pending[:bufsize]
