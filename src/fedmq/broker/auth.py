@@ -53,7 +53,6 @@ def parse_connect(packet: bytes) -> Connect:
     while i < len(packet) and packet[i] & 0x80:  # the remaining-length varint
         i += 1
     i += 1
-    fields: list[bytes] = []
 
     def take() -> bytes:
         nonlocal i
@@ -72,14 +71,14 @@ def parse_connect(packet: bytes) -> Connect:
     if level not in (3, 4):  # 3.1, 3.1.1; MQTT 5 puts properties here (amqtt refuses it)
         raise ProtocolError(f"MQTT protocol level {level} not supported")
     i += 4  # level, flags, keep-alive
-    fields.append(take())  # client id
+    client_id = take()
     will_topic = None
     if flags & 0x04:
         will_topic = take().decode("utf-8", "replace")
         take()  # will message
     username = take().decode("utf-8", "replace") if flags & 0x80 else None
     password = take().decode("utf-8", "replace") if flags & 0x40 else None
-    return Connect(fields[0].decode("utf-8", "replace"), username, password, will_topic)
+    return Connect(client_id.decode("utf-8", "replace"), username, password, will_topic)
 
 
 def id_owner(client_id: str, users: list[str]) -> str | None:
@@ -116,7 +115,7 @@ class ConnectGate:
                 reason, code = "bad username or password", BAD_CREDENTIALS
         reason = reason or self._binding(c)
         acl, will = self.acl, c.will_topic
-        if reason is None and acl is not None and will is not None and will:
+        if reason is None and acl is not None and will:
             reason = None if acl.allows(c.username, c.client_id, will, WRITE) else (
                 f"will topic {will} not allowed")  # fmt: skip
         if reason is None:
