@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,30 +45,35 @@ ARGS = [
 
 # Runs fedmq's own entry point with the trace logger writing one JSON line per event.
 WRAPPER = """
-import json, logging, sys
+import json, logging, sys, time
 path = sys.argv[1]
 out = open(path, "w")
+out.write(json.dumps([time.perf_counter(), "process", "start", 0, time.process_time()]) + "\\n")
 class H(logging.Handler):
     def emit(self, record):
         t = getattr(record, "trace", None)
         if t is not None:
-            out.write(json.dumps(t) + "\\n")
+            out.write(json.dumps([*t, time.process_time()]) + "\\n")
 log = logging.getLogger("fedmq.trace")
 log.setLevel(logging.DEBUG)
 log.propagate = False
 log.addHandler(H())
 from fedmq.cli.main import main
 code = main(sys.argv[2:])
+out.write(json.dumps([time.perf_counter(), "process", "end", 0, time.process_time()]) + "\\n")
 out.close()
 sys.exit(code)
 """
 
 
-def budget(events: list[tuple[float, str, str, int]], rounds: int) -> dict[str, float]:
+def budget(events: list[tuple[float, str, str, int, float]], rounds: int) -> dict[str, float]:
     """Median over rounds 2..R (round 1 carries first-use costs) of each step, in seconds."""
     at: dict[tuple[int, str, str], float] = {}
-    for t, node, event, rnd in events:
+    cpu: dict[tuple[int, str], float] = {}  # the process's CPU seconds at the cloud's events
+    for t, node, event, rnd, used in events:
         at.setdefault((rnd, node, event), t)
+        if node == "cloud":
+            cpu.setdefault((rnd, event), used)
     steps: dict[str, list[float]] = defaultdict(list)
     for rnd in range(2, rounds + 1):
         c = {e: at.get((rnd, "cloud", e)) for e in (
@@ -105,6 +111,11 @@ def budget(events: list[tuple[float, str, str, int]], rounds: int) -> dict[str, 
         steps["round (start -> summary acked)"].append(
             c["summary_acked"] - c["round_start"]  # type: ignore[operator]
         )
+        # CPU the whole process (broker, cloud, 10 edges) used in the round: beside the wall
+        # time it says whether the round waits on something or is CPU-bound on this machine.
+        steps["process CPU in the round"].append(
+            cpu[(rnd, "summary_acked")] - cpu[(rnd, "round_start")]
+        )
     return {name: statistics.median(v) for name, v in steps.items()}
 
 
@@ -118,6 +129,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-c", WRAPPER, str(trace), *ARGS, "--rounds", str(args.rounds),
            "--out", str(out)]  # fmt: skip
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
@@ -127,16 +139,33 @@ def main() -> int:
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     seconds = [r["seconds"] for r in records]
     events = [tuple(json.loads(line)) for line in trace.read_text().splitlines()]
+    cpus = os.cpu_count() or 1
     steps = budget(events, args.rounds)
+    stamp = {(e[1], e[2], e[3]): e[0] for e in reversed(events)}  # first occurrence wins
+    phases = {
+        "start-up (interpreter up -> round 1 starts)": stamp[("cloud", "round_start", 1)]
+        - stamp[("process", "start", 0)],
+        "the rounds": stamp[("cloud", "summary_acked", args.rounds)]
+        - stamp[("cloud", "round_start", 1)],
+        "after the last round (-> exit)": stamp[("process", "end", 0)]
+        - stamp[("cloud", "summary_acked", args.rounds)],
+    }
     result = {
         "median_round_s": statistics.median(seconds),
         "max_round_s": max(seconds),
         "wall_s": wall,
+        "cpus": cpus,
+        "load_before": load_before,
         "final_accuracy": records[-1]["accuracy"],
         "budget_s": steps,
+        "phases_s": phases,
     }
     print(f"median round {result['median_round_s'] * 1000:.1f} ms (max {max(seconds) * 1000:.1f}),"
-          f" whole command {wall:.2f} s, final accuracy {records[-1]['accuracy']:.4f}")  # fmt: skip
+          f" whole command {wall:.2f} s, final accuracy {records[-1]['accuracy']:.4f}"
+          f" ({cpus} CPUs, load average {load_before:.2f} before the run)")  # fmt: skip
+    print("the whole command (the rest: interpreter start-up and teardown):")
+    for name, value in phases.items():
+        print(f"  {name:<46} {value:6.2f} s")
     print("time budget of one round (median over rounds 2..R):")
     for name, value in steps.items():
         print(f"  {name:<32} {value * 1000:7.2f} ms")
