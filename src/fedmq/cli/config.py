@@ -51,7 +51,6 @@ class RunConfig:
     sample_rounds: int = 3  # rounds the estimator runs ahead in-process to learn codec sizes
     fleet: str = ""  # device profiles, e.g. esp32s3-wifi:4,pi4-ethernet:4 (sets clients)
     server_opt: str = "none"  # none | serversgd | fedavgm | fedadam | fedyogi | fedadagrad
-    sparse_server_lr: float = 3.0  # server lr on top-k updates when server_opt is none; 1: off
     server_lr: float = 0.0  # the server optimizer's learning rate; 0: its own default
     prox_mu: float = 0.0  # FedProx proximal term on the edges; 0 is plain local SGD
     mode: str = "sync"  # sync rounds, async (FedBuff: the cloud never waits), or chain
@@ -104,8 +103,6 @@ class RunConfig:
               else [f"--head-only must be in [0, --clients], got {self.head_only}"]),
             *outside(self.server_lr >= 0, "server-lr", ">= 0", self.server_lr),
             *outside(self.prox_mu >= 0, "prox-mu", ">= 0", self.prox_mu),
-            *outside(self.sparse_server_lr > 0, "sparse-server-lr", "> 0",
-                     self.sparse_server_lr),
             *([] if self.strategy in STRATEGIES
               else [f"--strategy {self.strategy!r}: choose from {', '.join(STRATEGIES)}"]),
             *([] if self.server_opt in SERVER_OPTS

@@ -53,9 +53,8 @@ HELP = {
     "fleet": "device profiles per edge, e.g. esp32s3-wifi:4,pi4-ethernet:4,./mine.toml:2 "
     "(`fedmq profiles`); sets --clients, shapes each edge's link and compute",
     "server_opt": "server optimizer on the aggregate: none, serversgd, fedavgm, fedadam, "
-    "fedyogi, fedadagrad (default none: plain FedAvg step)",
-    "sparse_server_lr": "server learning rate for top-k uplink codecs when --server-opt is "
-    "none (default 3; 1 turns it off)",
+    "fedyogi, fedadagrad (default none: plain FedAvg step; FedAvg scales coordinates that "
+    "few edges' top-k chunks sent, at most 2x: cloud_node/sparse.py)",
     "server_lr": "the server optimizer's learning rate (default 0: its own default)",
     "prox_mu": "FedProx: proximal term mu/2 |w - w_global|^2 on the edges (default 0: off)",
     "mode": "sync: rounds with a deadline; async: FedBuff, the cloud applies every "
