@@ -22,4 +22,7 @@ echo "==> ruff" >&2
 echo "==> mypy" >&2
 .venv/bin/mypy
 echo "==> pytest" >&2
-exec .venv/bin/pytest "$@"
+# Two workers (PYTEST_WORKERS to change; 0 runs in this process): most of the wall time is e2e
+# and fault tests waiting on emulated devices and links, not on the CPU. Tests that share a
+# module fixture stay on one worker (xdist_group).
+exec .venv/bin/pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
