@@ -347,7 +347,7 @@ def test_counters_count_each_verdict_once() -> None:
         t.offer(c, topic)
     assert t.counters.as_dict() == {
         "accepted": 1, "duplicate": 1, "stale": 1, "unexpected": 1, "malformed": 1,
-        "forged": 0, "out_of_range": 1,
+        "forged": 0, "out_of_range": 1, "overweight": 0,
     }  # fmt: skip
 
 
@@ -376,3 +376,24 @@ def test_every_selected_edge_gone_ends_the_round_with_nobody() -> None:
     for edge in SELECTED:
         assert t.depart(edge)
     assert t.done and not t.completed and t.num_samples == 0
+
+
+# --- claimed weight ---------------------------------------------------------------------------
+
+
+def test_a_claim_above_the_declared_samples_is_overweight_and_never_folded_in() -> None:
+    """An edge's valid identity cannot buy the aggregate by claiming 10^7 samples: the claim is
+    bounded by what it declared when it joined (its presence), honest claims pass."""
+    t = tracker(declared={"edge-0": 10, "edge-1": 8, "edge-2": 10})
+    assert offer_own(t, chunk("edge-0", num_samples=10)) is Verdict.ACCEPTED  # = declared
+    assert offer_own(t, chunk("edge-1", value=1e3, num_samples=10_000_000)) is Verdict.OVERWEIGHT
+    assert offer_own(t, chunk("edge-1", num_samples=9)) is Verdict.OVERWEIGHT  # 9 > 8
+    assert offer_own(t, chunk("edge-1", num_samples=5)) is Verdict.ACCEPTED  # fewer: fine (drift)
+    assert t.counters.overweight == 2
+    assert added(t) == [("edge-0", 0, TOTAL), ("edge-1", 0, TOTAL)]
+
+
+def test_a_sender_that_never_declared_may_claim_nothing() -> None:
+    t = tracker(declared={"edge-0": 10})
+    assert offer_own(t, chunk("edge-1", num_samples=1)) is Verdict.OVERWEIGHT
+    assert tracker().offer(chunk("edge-1", num_samples=1), "edge-1") is Verdict.ACCEPTED

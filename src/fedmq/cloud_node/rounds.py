@@ -27,6 +27,7 @@ class Verdict(enum.Enum):
     MALFORMED = "malformed"  # a header that lies, or values that do not decode
     FORGED = "forged"  # unsigned, or not signed by the sender's enrolled key
     OUT_OF_RANGE = "out_of_range"  # finite, but a change no training step makes (|x| > bound)
+    OVERWEIGHT = "overweight"  # claims more samples than its sender declared when it joined
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RoundCounters:
     malformed: int = 0
     forged: int = 0
     out_of_range: int = 0
+    overweight: int = 0
 
     def count(self, verdict: Verdict) -> None:
         setattr(self, verdict.value, getattr(self, verdict.value) + 1)
@@ -89,6 +91,7 @@ class RoundTracker:
         max_samples: int = 10_000_000,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
         max_abs: float = 1e4,
+        declared: Mapping[str, int] | None = None,
     ) -> None:
         self.job, self.round, self.version, self.total = job, round, version, total
         self.selected = frozenset(selected)
@@ -96,6 +99,9 @@ class RoundTracker:
         self.limits = limits
         self.max_samples = max_samples
         self.keys = keys  # None: signatures are not required
+        # The samples each edge declared when it joined: the most FedAvg weight it may claim. A
+        # valid identity that claims 10^7 samples would otherwise outweigh every honest edge.
+        self.declared = declared  # None: only `max_samples` bounds the claim
         # An update coordinate this large is an attack or a broken device, never training: the
         # streaming average cannot take it out again once folded in, so it never goes in.
         self.max_abs = max_abs
@@ -124,6 +130,8 @@ class RoundTracker:
                 return Verdict.FORGED
         if chunk.total != self.total or not 0 < chunk.num_samples <= self.max_samples:
             return Verdict.MALFORMED
+        if self.declared is not None and chunk.num_samples > self.declared.get(chunk.sender, 0):
+            return Verdict.OVERWEIGHT
         progress = self._progress.get(chunk.sender)
         if progress is not None and (chunk.count, chunk.num_samples) != (
             progress.count,
