@@ -48,6 +48,8 @@ from fedmq.workloads.split import load_init_weights, split_data
 
 log = logging.getLogger(__name__)
 
+GROWTH = 2  # an edge may re-declare up to this many times the samples it joined with
+
 
 @dataclass(frozen=True, kw_only=True)
 class CloudConfig:
@@ -228,6 +230,8 @@ class CloudNode:
         self._restored_buffer: dict[str, np.ndarray] = {}
         self._chain: ChainLoop | None = None
         self._round_done = asyncio.Event()
+        self._first_declared: dict[str, int] = {}  # samples each edge declared when it joined
+        self._declared: dict[str, int] = {}  # the weight each edge may claim (see _declare)
         self._round_started = 0.0
         self._presence = asyncio.Event()
         self._session: Session | None = None
@@ -300,6 +304,7 @@ class CloudNode:
         if status.online:
             if node not in self.online:
                 log.info("edge %s online (%d samples)", node, status.num_samples)
+            self._declare(node, status.num_samples)
             self.online[node] = status
         elif self.online.pop(node, None) is not None:
             log.info("edge %s offline", node)
@@ -309,6 +314,22 @@ class CloudNode:
             self._async.presence_changed.set()
         if self._chain is not None:
             self._chain.presence_changed()
+
+    def _declare(self, node: str, samples: int) -> None:
+        """Remember what an edge declared when it joined: the most FedAvg weight it may claim.
+
+        A later declaration is logged and may raise the bound to at most `GROWTH` times the
+        first one, so one identity cannot talk its weight up without limit."""
+        if samples <= 0:
+            return  # a birth before the edge has its data
+        first = self._first_declared.setdefault(node, samples)
+        bound = min(samples, GROWTH * first)
+        if samples != first and self._declared.get(node) != bound:
+            log.warning(
+                "edge %s now declares %d samples (joined with %d); its updates may claim at "
+                "most %d", node, samples, first, bound,
+            )  # fmt: skip
+        self._declared[node] = bound
 
     def _departed(self, node: str) -> None:
         """An edge went offline (its will or its goodbye): a round must not wait for it."""
@@ -560,7 +581,7 @@ class CloudNode:
         tracker = RoundTracker(
             job=cfg.job, round=rnd, version=version, total=flat.size, selected=selected,
             aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits, keys=self._keys,
-            max_abs=cfg.max_update_value,
+            max_abs=cfg.max_update_value, declared=self._declared,
         )  # fmt: skip
         self._round_done.clear()
         self._tracker = tracker
