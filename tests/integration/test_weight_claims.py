@@ -1,0 +1,76 @@
+"""A valid identity that claims a huge sample weight cannot buy the aggregate (issue 12 item 1).
+
+On a broker without ACLs or signatures anyone can publish on an edge's update topic; with them,
+the edge's own credentials can. Either way the claim is bounded by what the edge declared when
+it joined, so the forged update is rejected (`overweight`) and the genuine one counts.
+"""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from fedmq.cloud_node import CloudConfig, CloudNode, RoundRecord
+from fedmq.codec import CodecSpec, RoundTask, decode, split_vector
+from fedmq.edge_node import EdgeConfig, EdgeNode
+from fedmq.transport import Session, SessionConfig, Topics
+
+pytestmark = pytest.mark.integration
+
+
+async def _claimer(url: str, job: str, victim: str, stop: asyncio.Event) -> list[int]:
+    """On every task, publishes first a well-formed update in `victim`'s name that claims
+    10^7 samples, with values that wreck the model if counted (yet under the value bound)."""
+    topics = Topics(job)
+    tasks: asyncio.Queue[RoundTask] = asyncio.Queue()
+    sent: list[int] = []
+
+    def on_message(topic: str, payload: bytes) -> None:
+        if topic == topics.task and payload:
+            tasks.put_nowait(decode(payload, expect=RoundTask))
+
+    cfg = SessionConfig(url=url, client_id="claimer", subscriptions=(topics.task,))
+    async with Session(cfg, on_message) as session:
+        while not stop.is_set():
+            try:
+                task = await asyncio.wait_for(tasks.get(), 0.5)
+            except TimeoutError:
+                continue
+            wreck = np.full(9610, 1000.0, dtype=np.float32)
+            payloads = split_vector(
+                wreck, CodecSpec.parse("fp32"), max_payload=131072, job=job, sender=victim,
+                role="update", round=task.round, version=task.version, num_samples=10_000_000,
+            )  # fmt: skip
+            await session.publish_all([(topics.update(victim), p) for p in payloads])
+            sent.append(task.round)
+    return sent
+
+
+async def test_a_huge_claimed_weight_is_rejected_and_the_genuine_update_counts(
+    broker_url: str,
+) -> None:
+    job = "claims"
+    cloud = CloudNode(
+        CloudConfig(broker=broker_url, job=job, clients=3, rounds=3, local_epochs=1)
+    )  # fmt: skip
+    # The victim trains slowly: the forged copy is always in first.
+    edges = [
+        EdgeNode(EdgeConfig(broker=broker_url, node_id=f"edge-{i}", job=job,
+                            compute_flops=2e7 if i == 0 else 0.0))
+        for i in range(3)
+    ]  # fmt: skip
+    stop = asyncio.Event()
+    records: list[RoundRecord] = []
+    async with asyncio.TaskGroup() as tg:
+        claimer = tg.create_task(_claimer(broker_url, job, "edge-0", stop))
+        await asyncio.sleep(0.5)
+        for e in edges:
+            tg.create_task(e.run())
+        result = await cloud.run(on_round=records.append)
+        stop.set()
+    assert claimer.result(), "the claimer never saw a task"
+    assert all(r.counters["overweight"] >= 1 for r in records), [r.counters for r in records]
+    # The forged copy came first and was not counted, so the genuine update still was.
+    assert all(r.participants == ("edge-0", "edge-1", "edge-2") for r in records)
+    assert float(np.abs(result.final_flat).max()) < 10.0  # 1000s with 10^7 weight: ~1000
+    assert result.final_accuracy > 0.5
