@@ -9,6 +9,7 @@ same MQTT publishes (QoS 1, to the last PUBACK) at the same rate.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,18 @@ def test_userspace_shaper_matches_kernel_tbf(tmp_path: Path) -> None:
     argv = [sys.executable, str(ROOT / "bench" / "tbf_crosscheck.py"), "--rates", "1000000",
             "--seconds", "1", "--rounds", "1", "--reps", "3", "--no-floor",
             "--netns", ns, "--json", str(out)]  # fmt: skip
+    # Its own process group: on a timeout the script and the brokers it started go together.
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
-        assert done.returncode == 0, done.stderr[-3000:]
-    finally:  # the script deletes it; this covers a script killed by the timeout
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+    finally:  # the script deletes it itself; this covers a script that did not get to
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert ns not in listed
