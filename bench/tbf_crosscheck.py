@@ -1,7 +1,7 @@
 """The userspace link shaper against the kernel's tbf qdisc: a cross-check that is not circular.
 
     sudo .venv/bin/python bench/tbf_crosscheck.py [--rates 1000000,250000] [--rounds 3]
-        [--reps 2] [--seconds 2.5] [--codec fp32] [--json FILE]
+        [--reps 2] [--seconds 2.5] [--codec fp32] [--link lo|veth] [--json FILE]
 
 The link-bound figure in docs/benchmarks.md compares round times against a bound computed with
 the same formula (bytes x 8 / rate) that the userspace shaper sleeps out, so it measures harness
@@ -11,12 +11,15 @@ overhead. This script times the same MQTT bytes three ways, per rate:
       plain loopback;
   (b) kernel: the same client, no userspace shaper, to `fedmq broker` inside a network namespace
       of its own whose `lo` (MTU 1500) has a `tbf` qdisc at the same rate (tbf on `lo` meters
-      both directions: the data and the TCP ACKs/PUBACKs coming back share the one bucket);
+      both directions: the data and the TCP ACKs/PUBACKs coming back share the one bucket).
+      `--link veth` instead puts the client and the broker in two namespaces of their own joined
+      by a veth pair, with a tbf on each end: one bucket per direction, as the userspace shaper;
   (c) estimate: the estimator's transfer time for those MQTT bytes (`estimator._transfer`:
       PUBLISH bytes x 8 / rate, RTT 0).
 
 Also (d): the same client with no shaping at all (the harness floor), and what tbf itself
-counted (`tc -s`: bytes with Ethernet/IP/TCP headers and ACKs), which explains (b)/(c).
+counted on the uplink's qdisc (`tc -s`: bytes with their Ethernet/IP/TCP headers; on `lo` also
+the ACKs coming back), which explains (b)/(c).
 
 The payload is what one edge of the default run sends: updates of the default MLP (digits,
 9,610 parameters; a seeded N(0, 0.01) change) chunked by fedmq's codec, published QoS 1 by a
@@ -24,8 +27,9 @@ fedmq `Session`; a transfer is timed from the first PUBLISH to the last PUBACK. 
 as many updates as take about `--seconds` at that rate, so scheduling noise is small beside it.
 Samples of (a) and (b) are interleaved (`--rounds` x `--reps` each) and reported as medians.
 
-Needs root, `ip` and `tc` (iproute2). Only a namespace it creates (`fedmq-tbf-<pid>`) and
-loopback addresses are used; the namespace is deleted on exit, even on failure.
+Needs root, `ip` and `tc` (iproute2). Only namespaces it creates (`fedmq-tbf-<pid>`, or
+`fedmq-tbf-<pid>-c` and `-b` with `--link veth`) and loopback addresses (or 10.211.0.0/30 on the
+veth pair inside them) are used; the namespaces are deleted on exit, even on failure.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,27 +180,53 @@ def namespace(name: str) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
-def set_tbf(ns: str, bps: float) -> None:
-    """tbf at `bps` on the namespace's lo. Burst: one full frame (the least tbf accepts), so
-    the bucket lends at most MTU + 14 bytes ahead of the rate; a large queue, so no drops."""
-    _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", "lo", "root", "tbf",
+@dataclass(frozen=True)
+class KernelLink:
+    client_ns: str  # where the client runs
+    broker_ns: str  # where the broker runs
+    broker_host: str
+    devices: tuple[tuple[str, str], ...]  # (namespace, device) shaped by tbf; first: uplink
+
+
+@contextlib.contextmanager
+def kernel_link(name: str, kind: str) -> Iterator[KernelLink]:
+    """`lo`: client and broker in one namespace, tbf on its lo (one bucket, both directions).
+    `veth`: client and broker in two namespaces of our own joined by a veth pair (10.211.0.0/30,
+    MTU 1500, nothing else on it), tbf on each end's egress (one bucket per direction)."""
+    if kind == "lo":
+        with namespace(name) as ns:
+            yield KernelLink(ns, ns, "127.0.0.1", ((ns, "lo"),))
+        return
+    with namespace(f"{name}-c") as c, namespace(f"{name}-b") as b:
+        _run("ip", "-n", c, "link", "add", "vc", "type", "veth", "peer", "name", "vb", "netns", b)
+        for ns, dev, addr in ((c, "vc", "10.211.0.1/30"), (b, "vb", "10.211.0.2/30")):
+            _run("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU))
+            _run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            _run("ip", "-n", ns, "link", "set", dev, "up")
+        yield KernelLink(c, b, "10.211.0.2", ((c, "vc"), (b, "vb")))
+
+
+def set_tbf(ns: str, dev: str, bps: float) -> None:
+    """tbf at `bps` on the device. Burst: one full frame (the least tbf accepts), so the
+    bucket lends at most MTU + 14 bytes ahead of the rate; a large queue, so no drops."""
+    _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
          "rate", f"{int(bps)}bit", "burst", str(MTU + 14), "limit", str(1 << 20))  # fmt: skip
 
 
-def tbf_sent_bytes(ns: str) -> int:
-    out = _run("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", "lo")
+def tbf_sent_bytes(ns: str, dev: str) -> int:
+    out = _run("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev)
     words = out.split()
     return int(words[words.index("Sent") + 1])
 
 
 @contextlib.contextmanager
-def broker(port: int, ns: str | None = None) -> Iterator[str]:
-    argv = [FEDMQ, "broker", "--allow-anonymous", "--port", str(port)]
+def broker(port: int, ns: str | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    argv = [FEDMQ, "broker", "--allow-anonymous", "--host", host, "--port", str(port)]
     if ns is not None:
         argv = ["ip", "netns", "exec", ns, *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        yield f"mqtt://127.0.0.1:{port}"
+        yield f"mqtt://{host}:{port}"
     finally:
         proc.terminate()
         try:
@@ -233,6 +264,7 @@ def crosscheck(
     codec: str = "fp32",
     ns_name: str | None = None,
     floor: bool = True,
+    link: str = "lo",
 ) -> dict[str, Any]:
     """Run (a), (b), (c) [and (d)] at each rate; medians and ratios, as JSON types."""
     if why := can_run():
@@ -243,29 +275,32 @@ def crosscheck(
         "codec": codec,
         "update_payload_bytes": sum(map(len, update)),
         "update_publish_bytes": publish_bytes(update),
+        "link": link,
         "rates": [],
     }
     with (
         tempfile.TemporaryDirectory() as tmp,
-        namespace(ns_name) as ns,
+        kernel_link(ns_name, link) as kl,
         broker(free_port()) as host_url,
-        broker(NS_PORT, ns) as ns_url,
+        broker(NS_PORT, kl.broker_ns, kl.broker_host) as ns_url,
     ):
+        up_ns, up_dev = kl.devices[0]
         for bps in rates:
             per_update = estimate_seconds(update, bps)
             n = max(1, round(seconds / per_update))
             payloads = update * n
             path = Path(tmp) / f"payloads-{int(bps)}"
             _write_payloads(payloads, path)
-            set_tbf(ns, bps)
+            for ns, dev in kl.devices:
+                set_tbf(ns, dev, bps)
             user: list[float] = []
             kernel: list[float] = []
             counted: list[float] = []
             for _ in range(rounds):
                 user += worker(host_url, path, reps, shaper_bps=bps)
-                before = tbf_sent_bytes(ns)
-                kernel += worker(ns_url, path, reps, ns=ns)
-                counted.append((tbf_sent_bytes(ns) - before) / reps)
+                before = tbf_sent_bytes(up_ns, up_dev)
+                kernel += worker(ns_url, path, reps, ns=kl.client_ns)
+                counted.append((tbf_sent_bytes(up_ns, up_dev) - before) / reps)
             a, b = statistics.median(user), statistics.median(kernel)
             c = estimate_seconds(payloads, bps)
             tbf_bytes = statistics.median(counted)
@@ -309,6 +344,13 @@ def main() -> None:
     parser.add_argument("--codec", default="fp32", help="the update's codec")
     parser.add_argument("--netns", default=None, help="namespace name (default fedmq-tbf-PID)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--link",
+        choices=("lo", "veth"),
+        default="lo",
+        help="kernel side: tbf on one namespace's lo (default), or on both ends "
+        "of a veth pair between two namespaces (one bucket per direction)",
+    )
     parser.add_argument("--no-floor", action="store_true", help="skip (d), the unshaped floor")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -327,10 +369,12 @@ def main() -> None:
         codec=args.codec,
         ns_name=args.netns,
         floor=not args.no_floor,
+        link=args.link,
     )
     results["load_before"] = load
     results["load_after"] = os.getloadavg()[0]
-    print(f"one update ({args.codec}): {results['update_payload_bytes']:,} B of payload, "
+    print(f"kernel side: tbf on {args.link}; one update ({args.codec}): "
+          f"{results['update_payload_bytes']:,} B of payload, "
           f"{results['update_publish_bytes']:,} B of MQTT PUBLISH; load average "
           f"{load:.1f} -> {results['load_after']:.1f}")  # fmt: skip
     print(table(results))
