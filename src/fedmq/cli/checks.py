@@ -199,6 +199,14 @@ def run_config(cfg: RunConfig, *, writes: bool) -> None:
             raise ConfigError(f"--min-fit {cfg.min_fit} is more than the fleet's {edges} edges")
         if cfg.head_only > edges:
             raise ConfigError(f"--head-only {cfg.head_only} is more than the fleet's {edges} edges")
+    if cfg.split:
+        readable_file("--split", cfg.split)
+        if cfg.fleet:
+            raise ConfigError("--split names each edge's samples; it cannot go with --fleet")
+    if cfg.init_weights:
+        readable_file("--init-weights", cfg.init_weights)
+    if cfg.save_split:
+        writable_file("--save-split", cfg.save_split)
     if writes and cfg.out:
         writable_dir("--out", cfg.out)
     elif writes:  # the default, runs/TIME-JOB, lies under the current folder

@@ -59,6 +59,9 @@ class RunConfig:
     staleness: str = "poly:0.5"  # async: constant | poly:A | hinge:A:B | exp:A
     drift: str = "none"  # edges' data over rounds: none | grow:F | labels:P
     head_only: int = 0  # the last N edges train only the model's head (and send only it)
+    split: str = ""  # split file (JSON or .npz of sample indices per edge and the test set)
+    init_weights: str = ""  # .npz of the model's named arrays: the initial global model
+    save_split: str = ""  # write the split this run uses (fedmq's own or --split's) here
 
     def __post_init__(self) -> None:
         for message in self._problems():

@@ -27,6 +27,7 @@ from fedmq.cli.planning import (
     plan_estimate,
     prepare,
     round_timeout_for,
+    run_split,
 )
 from fedmq.cli.plots import write_plots
 from fedmq.cli.rundir import append_jsonl, make_run_dir, save_model, write_json
@@ -35,6 +36,7 @@ from fedmq.edge_node import EdgeConfig, EdgeNode
 from fedmq.tinyml_profiles.shaper import LinkShaper
 from fedmq.transport import parse_broker_url
 from fedmq.workloads import accel_report
+from fedmq.workloads.split import save_split
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ async def run_federated(
     started = time.perf_counter()
     setup = setup if setup is not None else prepare(cfg)
     cfg = setup.cfg
+    if cfg.save_split:  # before the run: the same work can be rerun even if this one dies
+        save_split(cfg.save_split, run_split(setup))
     est = plan_estimate(setup, cfg.round_timeout)
     round_timeout = round_timeout_for(setup, est)
     out = make_run_dir(cfg.out, cfg.job)

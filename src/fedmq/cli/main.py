@@ -67,6 +67,10 @@ HELP = {
     "exp:A (default poly:0.5)",
     "head_only": "the last N edges train only the model's last layer and send only it "
     "(transfer learning on weak devices; sync mode; default 0)",
+    "split": 'a given split: JSON {"edges": [[i, ...], ...], "test": [i, ...]} or .npz '
+    "(test, edge_0, edge_1, ...) of sample indices into the dataset; sets --clients",
+    "init_weights": ".npz of the model's named arrays (its state_dict names): the initial model",
+    "save_split": "write the split this run uses to FILE (.json or .npz), to rerun it elsewhere",
     "drift": "edges' data over the rounds: none, grow:F (start with share F of the shard, "
     "all of it by the last round), labels:P (a label mix that rotates) (default none)",
 }
@@ -74,9 +78,9 @@ HELP = {
 
 # Run settings `fedmq cloud` has no use for: the edges bring their own profiles, threads and
 # head-only training; the estimator's run-ahead is `fedmq run`'s.
-CLOUD_SKIP = ("fleet", "head_only", "threads", "sample_rounds")
+CLOUD_SKIP = ("fleet", "head_only", "threads", "sample_rounds", "save_split")
 # An estimate runs nothing: it writes no run directory and talks to no broker.
-ESTIMATE_SKIP = ("out", "broker")
+ESTIMATE_SKIP = ("out", "broker", "save_split")
 # Commands that write a run directory, so --out must be writable before they start.
 WRITES_OUT = ("run", "cloud", "centralized")
 

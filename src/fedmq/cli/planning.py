@@ -50,10 +50,13 @@ from fedmq.workloads import (
     layout,
     load_dataset,
     partition,
+    set_flat,
     train_local,
     training_cost,
 )
 from fedmq.workloads.cost import measure_training_speed
+from fedmq.workloads.data import DATASETS, stratified_split
+from fedmq.workloads.split import Split, load_init_weights, load_split
 
 DEFAULT_CODEC = "fp32+zstd"
 
@@ -111,7 +114,15 @@ def prepare(cfg: RunConfig) -> Setup:
         cfg = replace(cfg, clients=len(fleet), max_payload=min(cfg.max_payload, smallest))
     else:
         profiles = [None] * cfg.clients
-    train, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
+    given = load_split(cfg.split) if cfg.split else None
+    if given is not None:  # another framework's exact work: its edges, its test set
+        cfg = replace(cfg, clients=len(given.edges))
+        profiles = [None] * cfg.clients
+        train = DATASETS[cfg.dataset]()  # every sample: the split indexes the whole dataset
+        given.check(len(train), cfg.clients)
+        test = train.subset(given.test)
+    else:
+        train, test = load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
     cost = training_cost(cfg.model, train.x.shape[1], train.num_classes, train.feature_shape)
     for p in {p.name: p for p in profiles if p is not None}.values():
         need = cost.memory_bytes(cfg.batch_size, momentum=cfg.momentum > 0)
@@ -122,25 +133,48 @@ def prepare(cfg: RunConfig) -> Setup:
                 f"and batch-{cfg.batch_size} activations) but the device has "
                 f"{format_bytes(p.ram_bytes)}"
             )
-    shards = partition(train.y, cfg.clients, PartitionSpec.parse(cfg.partition), seed=cfg.seed)
+    if given is not None:
+        shards = [np.asarray(e, dtype=np.int64) for e in given.edges]
+    else:
+        shards = partition(train.y, cfg.clients, PartitionSpec.parse(cfg.partition), seed=cfg.seed)
     codecs = [cfg.codec or (p.codec if p is not None else DEFAULT_CODEC) for p in profiles]
     heads = len(profiles) - cfg.head_only
     trains = [
         "head" if i >= heads or (p is not None and p.train == "head") else "all"
         for i, p in enumerate(profiles)
     ]
-    return Setup(cfg, train, test, shards, profiles, codecs, cost, trains)
+    setup = Setup(cfg, train, test, shards, profiles, codecs, cost, trains)
+    if cfg.init_weights:
+        initial_model(setup)  # a file that does not fit the model fails here, before any banner
+    return setup
 
 
 def initial_model(setup: Setup) -> torch.nn.Module:
     """The model the cloud starts from: same name, data shape and seed, so the same weights."""
     train = setup.train
-    return build_model(
+    model = build_model(
         setup.cfg.model,
         num_features=train.x.shape[1],
         num_classes=train.num_classes,
         feature_shape=train.feature_shape,
         seed=setup.cfg.seed,
+    )
+    if setup.cfg.init_weights:  # as the cloud starts from them (CloudConfig.init_weights)
+        set_flat(model, load_init_weights(setup.cfg.init_weights, layout(model)))
+    return model
+
+
+def run_split(setup: Setup) -> Split:
+    """The split a run uses, as indices into the whole dataset: --split's, or fedmq's own
+    seeded test split and partition (`--save-split` writes it, to rerun the same work)."""
+    cfg = setup.cfg
+    if cfg.split:
+        return load_split(cfg.split)
+    full = DATASETS[cfg.dataset]()
+    train_idx, test_idx = stratified_split(full.y, cfg.test_fraction, cfg.seed)
+    return Split(
+        edges=tuple(np.asarray(train_idx)[s].astype(np.int64) for s in setup.shards),
+        test=np.asarray(test_idx, dtype=np.int64),
     )
 
 
