@@ -175,6 +175,11 @@ class EdgeNode:
     def _on_message(self, topic: str, payload: bytes) -> None:
         self._activity = time.monotonic()
         if not payload:
+            if topic == self.topics.jobspec and self._job is None:
+                log.warning(
+                    "%s: the job on %s is cleared (a run ended); waiting for the next",
+                    self.config.node_id, topic,
+                )  # fmt: skip
             return
         try:
             if topic == self.topics.jobspec:
@@ -345,6 +350,11 @@ class EdgeNode:
         task = self._task
         if self._job is None:
             topic = self.topics.jobspec
+            if self.resyncs == 1:  # say it once, where a user sees it: the default level
+                log.warning(
+                    "%s: no job published yet on %s; waiting (is a cloud running with "
+                    "--job %s on this broker?)", self.config.node_id, topic, self.config.job,
+                )  # fmt: skip
         elif (
             task is not None
             and task.mode != "chain"  # a chain's models come on chain/<node>
