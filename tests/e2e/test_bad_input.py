@@ -303,7 +303,7 @@ def test_each_cloud_flag_is_one_the_cloud_reads() -> None:
     cloud = next(a for a in build_parser()._actions if a.dest == "command").choices["cloud"]  # type: ignore[index]
     taken = {a.dest for a in cloud._actions} & set(FIELDS)
     read = {f.name for f in fields(CloudConfig)} | {"out", "strategy", "server_opt",
-                                                    "server_lr", "sparse_server_lr"}  # fmt: skip
+                                                    "server_lr"}  # fmt: skip
     assert taken <= read, taken - read
     assert set(FIELDS) - taken == set(CLOUD_SKIP)
     assert set(CENTRALIZED_ONLY) <= set(FIELDS)
