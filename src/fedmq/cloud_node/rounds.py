@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedmq.cloud_node.screen import NormScreen
 from fedmq.cloud_node.strategy import Aggregator
 from fedmq.codec import BadSignature, Limits, TensorChunk, check, chunk_values
 from fedmq.errors import CodecError
@@ -92,6 +93,7 @@ class RoundTracker:
         keys: Mapping[str, Ed25519PublicKey] | None = None,
         max_abs: float = 1e4,
         declared: Mapping[str, int] | None = None,
+        screen: NormScreen | None = None,
     ) -> None:
         self.job, self.round, self.version, self.total = job, round, version, total
         self.selected = frozenset(selected)
@@ -102,6 +104,7 @@ class RoundTracker:
         # The samples each edge declared when it joined: the most FedAvg weight it may claim. A
         # valid identity that claims 10^7 samples would otherwise outweigh every honest edge.
         self.declared = declared  # None: only `max_samples` bounds the claim
+        self.screen = screen  # clips update slices far larger than the last rounds' (or None)
         # An update coordinate this large is an attack or a broken device, never training: the
         # streaming average cannot take it out again once folded in, so it never goes in.
         self.max_abs = max_abs
@@ -158,6 +161,8 @@ class RoundTracker:
             )
         progress.chunks[chunk.index] = (chunk.offset, end)
         progress.metrics.update(chunk.metrics)
+        if self.screen is not None:
+            values = self.screen.screen(chunk.offset, values)
         self.aggregator.add(chunk.sender, chunk.offset, values, float(chunk.num_samples))
         return Verdict.ACCEPTED
 

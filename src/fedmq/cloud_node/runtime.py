@@ -21,6 +21,7 @@ from fedmq.cloud_node.asynchronous import AsyncLoop
 from fedmq.cloud_node.chain import ChainLoop
 from fedmq.cloud_node.fedavg import FedAvg
 from fedmq.cloud_node.rounds import RoundTracker, Verdict
+from fedmq.cloud_node.screen import NormScreen
 from fedmq.cloud_node.staleness import Staleness
 from fedmq.cloud_node.strategy import Strategy, named
 from fedmq.codec import (
@@ -91,6 +92,8 @@ class CloudConfig:
     max_staleness: int = 10  # async: reject updates based on a version older than this
     staleness: str = "poly:0.5"  # async: weight of a stale update (see cloud_node.staleness)
     max_update_value: float = 1e4  # an update with any |coordinate| above this is rejected
+    norm_screen: float = 10.0  # clip an update slice above this many times its last median
+    # norm (cloud_node.screen; 0: off). Not checkpointed: a resumed cloud relearns it in a round
     max_reassembly_bytes: int = 256 << 20  # async: bytes of update chunks held while incomplete
     checkpoint: str = ""  # file written atomically after every round ("" = none)
     resume: bool = False  # start from `checkpoint` when it exists
@@ -230,6 +233,7 @@ class CloudNode:
         self._restored_buffer: dict[str, np.ndarray] = {}
         self._chain: ChainLoop | None = None
         self._round_done = asyncio.Event()
+        self._screen = NormScreen(factor=config.norm_screen) if config.norm_screen > 0 else None
         self._first_declared: dict[str, int] = {}  # samples each edge declared when it joined
         self._declared: dict[str, int] = {}  # the weight each edge may claim (see _declare)
         self._round_started = 0.0
@@ -581,8 +585,12 @@ class CloudNode:
         tracker = RoundTracker(
             job=cfg.job, round=rnd, version=version, total=flat.size, selected=selected,
             aggregator=self.strategy.aggregator(rnd, flat), limits=self.limits, keys=self._keys,
-            max_abs=cfg.max_update_value, declared=self._declared,
+            max_abs=cfg.max_update_value, declared=self._declared, screen=self._screen,
         )  # fmt: skip
+        clipped_before = 0
+        if self._screen is not None:
+            self._screen.begin_round(flat)
+            clipped_before = self._screen.clipped
         self._round_done.clear()
         self._tracker = tracker
         self._round_started = started
@@ -605,6 +613,16 @@ class CloudNode:
             )  # fmt: skip
         self._tracker = None
         mark(cfg.node_id, "all_in", rnd)
+        clipped = 0
+        if self._screen is not None:
+            log.debug("round %d: largest update norm / reference %.2f", rnd, self._screen.peak)
+            self._screen.end_round()
+            clipped = self._screen.clipped - clipped_before
+            if clipped:
+                log.warning(
+                    "round %d: %d update slices clipped to %g x their last median norm",
+                    rnd, clipped, self._screen.factor,
+                )  # fmt: skip
         participants = tracker.completed
         needed = max(1, int(np.ceil(cfg.quorum * len(selected))))
         quorum_met = len(participants) >= needed
@@ -632,7 +650,7 @@ class CloudNode:
             round=rnd, version=version, accuracy=accuracy, loss=loss, selected=selected,
             participants=participants, num_samples=tracker.num_samples, seconds=seconds,
             round_seconds=round_seconds,
-            quorum_met=quorum_met, counters=tracker.counters.as_dict(),
+            quorum_met=quorum_met, counters={**tracker.counters.as_dict(), "clipped": clipped},
             cloud_sent=after.sent - before.sent, cloud_received=after.received - before.received,
             client_metrics=tracker.client_metrics(), departed=tuple(sorted(tracker.departed)),
         )  # fmt: skip
